@@ -1,0 +1,75 @@
+// Helpers shared by the CPU kernels: run-time ISA choice, inline dtype conversions, target
+// attributes. No torch headers.
+//
+// Every kernel body is written once as an always_inline template of plain loops and instantiated
+// in three wrappers compiled for AVX-512, AVX2 and baseline x86-64 (GCC target attributes); the
+// wrapper for the best ISA the CPU reports is picked at run time. So the .so is built with
+// portable flags (no -march=native) and still uses AVX-512 where the CPU has it.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#define SM_INLINE inline __attribute__((always_inline))
+#define SM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+#define SM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace shardmix {
+
+enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// Best ISA of this CPU, lowered by the env var SHARDMIX_CPU_ISA=generic|avx2|avx512 (tests use it
+// to exercise every code path); it can never raise it above what the CPU supports.
+inline Isa active_isa() {
+  static const Isa best = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+      return Isa::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+      return Isa::kAvx2;
+    return Isa::kGeneric;
+  }();
+  Isa want = best;
+  if (const char* env = std::getenv("SHARDMIX_CPU_ISA")) {
+    if (std::strcmp(env, "generic") == 0) want = Isa::kGeneric;
+    else if (std::strcmp(env, "avx2") == 0) want = Isa::kAvx2;
+  }
+  return static_cast<int>(want) < static_cast<int>(best) ? want : best;
+}
+
+inline const char* isa_name(Isa isa) {
+  return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "generic";
+}
+
+// bfloat16 <-> float32 as torch does it (round to nearest even; NaN -> 0x7FC0).
+SM_INLINE float bf16_to_f32(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+SM_INLINE uint16_t f32_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
+}
+
+// float16 <-> float32 through the compiler's _Float16 (F16C instructions where enabled).
+SM_INLINE float f16_to_f32(uint16_t h) {
+  _Float16 v;
+  std::memcpy(&v, &h, sizeof v);
+  return static_cast<float>(v);
+}
+
+SM_INLINE uint16_t f32_to_f16(float f) {
+  const _Float16 v = static_cast<_Float16>(f);
+  uint16_t h;
+  std::memcpy(&h, &v, sizeof h);
+  return h;
+}
+
+}  // namespace shardmix

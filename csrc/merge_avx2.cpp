@@ -1,0 +1,67 @@
+// AVX2 instantiation of the merge/triad kernels (chosen at run time on CPUs with AVX2 + FMA +
+// F16C but no AVX-512). Standard headers come before the target pragma (see merge_avx512.cpp).
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "cpu_common.h"
+#include "merge_cpu.h"
+#include "shardmix_kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+
+namespace shardmix {
+namespace {
+
+struct V {
+  using reg = __m256;
+  static constexpr int W = 8;  // floats per register
+  static constexpr int U = 2;  // registers per tile and output (4 x 2 accumulators + 2 inputs of 16 ymm)
+
+  static SM_INLINE reg zero() { return _mm256_setzero_ps(); }
+  static SM_INLINE reg set1(float s) { return _mm256_set1_ps(s); }
+  static SM_INLINE reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static SM_INLINE reg load_f32(const float* p) { return _mm256_loadu_ps(p); }
+  static SM_INLINE reg load_bf16(const uint16_t* p) {
+    const __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+  }
+  static SM_INLINE reg load_f16(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static SM_INLINE void store_f32(float* p, reg v, bool nt) {
+    if (nt) _mm256_stream_ps(p, v);
+    else _mm256_storeu_ps(p, v);
+  }
+  static SM_INLINE void store_u16(uint16_t* p, __m128i h, bool nt) {
+    if (nt) _mm_stream_si128(reinterpret_cast<__m128i*>(p), h);
+    else _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+  }
+  // Round to nearest even like torch; NaN -> 0x7FC0.
+  static SM_INLINE void store_bf16(uint16_t* p, reg v, bool nt) {
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // lanes 0, 2 -> low half
+    store_u16(p, _mm256_castsi256_si128(packed), nt);
+  }
+  static SM_INLINE void store_f16(uint16_t* p, reg v, bool nt) {
+    store_u16(p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nt);
+  }
+};
+
+}  // namespace
+
+#include "merge_simd.h"
+
+void merge_range_avx2(const MergeArgs& a, int64_t lo, int64_t hi) { merge_range_simd(a, lo, hi); }
+
+void triad_range_avx2(float* a, const float* b, const float* c, float s, int64_t lo, int64_t hi, bool nt) {
+  triad_range_simd(a, b, c, s, lo, hi, nt);
+}
+
+}  // namespace shardmix
+
+#pragma GCC pop_options

@@ -1,0 +1,67 @@
+// AVX-512 instantiation of the merge/triad kernels (chosen at run time when the CPU has
+// AVX-512F/BW/VL/DQ). Standard headers come before the target pragma so no inline library code
+// is compiled for AVX-512 and shared with the other files.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "cpu_common.h"
+#include "merge_cpu.h"
+#include "shardmix_kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+
+namespace shardmix {
+namespace {
+
+struct V {
+  using reg = __m512;
+  static constexpr int W = 16;  // floats per register
+  static constexpr int U = 4;   // registers per tile and output (4 x 4 accumulators + 4 inputs of 32 zmm)
+
+  static SM_INLINE reg zero() { return _mm512_setzero_ps(); }
+  static SM_INLINE reg set1(float s) { return _mm512_set1_ps(s); }
+  static SM_INLINE reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static SM_INLINE reg load_f32(const float* p) { return _mm512_loadu_ps(p); }
+  static SM_INLINE reg load_bf16(const uint16_t* p) {
+    const __m512i u = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(u, 16));
+  }
+  static SM_INLINE reg load_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static SM_INLINE void store_f32(float* p, reg v, bool nt) {
+    if (nt) _mm512_stream_ps(p, v);
+    else _mm512_storeu_ps(p, v);
+  }
+  static SM_INLINE void store_u16(uint16_t* p, __m256i h, bool nt) {
+    if (nt) _mm256_stream_si256(reinterpret_cast<__m256i*>(p), h);
+    else _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
+  }
+  // Round to nearest even like torch; NaN -> 0x7FC0.
+  static SM_INLINE void store_bf16(uint16_t* p, reg v, bool nt) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+    store_u16(p, _mm512_cvtepi32_epi16(r), nt);
+  }
+  static SM_INLINE void store_f16(uint16_t* p, reg v, bool nt) {
+    store_u16(p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nt);
+  }
+};
+
+}  // namespace
+
+#include "merge_simd.h"
+
+void merge_range_avx512(const MergeArgs& a, int64_t lo, int64_t hi) { merge_range_simd(a, lo, hi); }
+
+void triad_range_avx512(float* a, const float* b, const float* c, float s, int64_t lo, int64_t hi, bool nt) {
+  triad_range_simd(a, b, c, s, lo, hi, nt);
+}
+
+}  // namespace shardmix
+
+#pragma GCC pop_options

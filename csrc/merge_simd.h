@@ -1,0 +1,83 @@
+// Register-blocked merge and triad kernels written once against a vector type `V` (see
+// merge_avx512.cpp / merge_avx2.cpp, which define V and include this file under their
+// `#pragma GCC target`). Not a normal header: include it only from those two files.
+//
+// One tile = V::U vectors of V::W elements. For every group of up to 4 outputs the tile keeps
+// G x U accumulators in registers, loads each input's tile once (cast to fp32), FMAs it into all
+// G accumulators, then converts and stores G output tiles (streaming stores when requested).
+// All K input streams advance together, so every input byte is read from memory once.
+
+namespace {
+
+template <int G>
+SM_INLINE void merge_tile(const MergeArgs& a, int m0, int64_t i) {
+  constexpr int U = V::U, W = V::W;
+  typename V::reg acc[G][U];
+  for (int g = 0; g < G; ++g)
+    for (int u = 0; u < U; ++u) acc[g][u] = V::zero();
+  for (int k = 0; k < a.K; ++k) {
+    typename V::reg x[U];
+    switch (a.in_dtypes[k]) {
+      case kFloat32: {
+        const float* p = static_cast<const float*>(a.inputs[k]) + i;
+        for (int u = 0; u < U; ++u) x[u] = V::load_f32(p + u * W);
+        break;
+      }
+      case kBFloat16: {
+        const uint16_t* p = static_cast<const uint16_t*>(a.inputs[k]) + i;
+        for (int u = 0; u < U; ++u) x[u] = V::load_bf16(p + u * W);
+        break;
+      }
+      default: {
+        const uint16_t* p = static_cast<const uint16_t*>(a.inputs[k]) + i;
+        for (int u = 0; u < U; ++u) x[u] = V::load_f16(p + u * W);
+        break;
+      }
+    }
+    for (int g = 0; g < G; ++g) {
+      const typename V::reg w = V::set1(a.weights[(m0 + g) * a.K + k]);
+      for (int u = 0; u < U; ++u) acc[g][u] = V::fma(w, x[u], acc[g][u]);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    const int m = m0 + g;
+    const bool nt = a.stream[m];
+    switch (a.out_dtypes[m]) {
+      case kFloat32:
+        for (int u = 0; u < U; ++u) V::store_f32(static_cast<float*>(a.outs[m]) + i + u * W, acc[g][u], nt);
+        break;
+      case kBFloat16:
+        for (int u = 0; u < U; ++u) V::store_bf16(static_cast<uint16_t*>(a.outs[m]) + i + u * W, acc[g][u], nt);
+        break;
+      default:
+        for (int u = 0; u < U; ++u) V::store_f16(static_cast<uint16_t*>(a.outs[m]) + i + u * W, acc[g][u], nt);
+        break;
+    }
+  }
+}
+
+SM_INLINE void merge_range_simd(const MergeArgs& a, int64_t lo, int64_t hi) {
+  constexpr int64_t T = V::U * V::W;
+  int64_t i = lo;
+  for (; i + T <= hi; i += T) {
+    int m0 = 0;
+    for (; m0 + 4 <= a.M; m0 += 4) merge_tile<4>(a, m0, i);
+    switch (a.M - m0) {
+      case 3: merge_tile<3>(a, m0, i); break;
+      case 2: merge_tile<2>(a, m0, i); break;
+      case 1: merge_tile<1>(a, m0, i); break;
+      default: break;
+    }
+  }
+  if (i < hi) merge_range_generic(a, i, hi);  // fewer than one tile left
+}
+
+SM_INLINE void triad_range_simd(float* a, const float* b, const float* c, float s, int64_t lo, int64_t hi, bool nt) {
+  constexpr int64_t W = V::W;
+  const typename V::reg sv = V::set1(s);
+  int64_t i = lo;
+  for (; i + W <= hi; i += W) V::store_f32(a + i, V::fma(sv, V::load_f32(c + i), V::load_f32(b + i)), nt);
+  for (; i < hi; ++i) a[i] = b[i] + s * c[i];
+}
+
+}  // namespace

@@ -1,0 +1,141 @@
+"""Merge bandwidth: fused weighted sum vs a triad loop, torch's in-place chain and naive torch.
+
+``python -m pipeline.bench merge [--quick] [--json] [--csv PATH]``
+
+All variants are timed round-robin in one process with the same threads
+(``torch.get_num_threads()``); each figure is the median of ``--reps`` repetitions. Effective
+GB/s = (K inputs + 1 output) x bytes / seconds (for the triad: 3 arrays x 4 bytes). The triad
+loop lives in the same C++ extension as the merge (same compiler, ISA and threads); ``triad_gbps``
+is the STREAM-like loop with ordinary stores, ``triad_nt_gbps`` the same with streaming stores.
+Last line printed: one JSON object (keys listed in issue 3, plus the ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from pipeline import kernels
+from pipeline.bench import interleaved_medians
+from pipeline.kernels import _ext
+
+log = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def run(k: int, numel: int, multi_m: int, reps: int) -> dict:
+    """Measure every variant at K inputs of ``numel`` fp32 elements; return the figures."""
+    ops = _ext.load_ops(raise_on_error=True)
+    gen = torch.Generator().manual_seed(0)
+    log.info("allocating %d x %d fp32 inputs (%.2f GiB)", k, numel, k * numel * 4 / 2**30)
+    xs = [torch.rand(numel, generator=gen) for _ in range(k)]
+    xs_bf16 = [x.to(torch.bfloat16) for x in xs]
+    weights = torch.rand(k, generator=gen)
+    weights /= weights.sum()
+    wl = weights.tolist()
+    mix = torch.rand(multi_m, k, generator=gen)
+    out = torch.zeros(numel)
+    outs = [torch.zeros(numel) for _ in range(multi_m)]
+
+    def fused() -> None:
+        kernels.weighted_sum(xs, weights, out, impl="cpu")
+
+    def fused_bf16() -> None:
+        kernels.weighted_sum(xs_bf16, weights, out, impl="cpu")
+
+    def multi() -> None:
+        kernels.multi_weighted_sum(xs, mix, outs, impl="cpu")
+
+    def torch_chain() -> None:
+        torch.mul(xs[0], wl[0], out=out)
+        for w, x in zip(wl[1:], xs[1:]):
+            out.add_(x, alpha=w)
+
+    def naive() -> None:
+        sum(w * x for w, x in zip(wl, xs))
+
+    def triad() -> None:
+        ops.triad_(out, xs[0], xs[1], 0.5, False)
+
+    def triad_nt() -> None:
+        ops.triad_(out, xs[0], xs[1], 0.5, True)
+
+    # correctness guard: the fused result must match the chain it is compared with
+    fused()
+    expect = kernels.weighted_sum(xs, weights, impl="reference")
+    torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-6)
+    del expect
+
+    fns = {"fused": fused, "fused_bf16": fused_bf16, "multi": multi, "torch_chain": torch_chain,
+           "triad": triad, "triad_nt": triad_nt}
+    secs = interleaved_medians(fns, reps=reps)
+    secs.update(interleaved_medians({"naive": naive}, reps=max(1, reps // 2)))
+
+    gbps = lambda nbytes, s: nbytes / s / 1e9  # noqa: E731
+    fp32_bytes = (k + 1) * 4 * numel
+    res = {
+        "K": k,
+        "numel": numel,
+        "dtype": "float32",
+        "threads": torch.get_num_threads(),
+        "isa": ops.cpu_isa(),
+        "fused_gbps": gbps(fp32_bytes, secs["fused"]),
+        "torch_chain_gbps": gbps(fp32_bytes, secs["torch_chain"]),
+        "naive_gbps": gbps(fp32_bytes, secs["naive"]),
+        "triad_gbps": gbps(3 * 4 * numel, secs["triad"]),
+        "triad_nt_gbps": gbps(3 * 4 * numel, secs["triad_nt"]),
+        "bf16_in_dtype": "bfloat16",
+        "bf16_out_dtype": "float32",
+        "bf16_fused_gbps": gbps((k * 2 + 4) * numel, secs["fused_bf16"]),
+        "multi_M": multi_m,
+        "multi_s_per_mixture": secs["multi"] / multi_m,
+        "single_s_per_mixture": secs["fused"],
+        "reps": reps,
+    }
+    res["fused_over_triad"] = res["fused_gbps"] / res["triad_gbps"]
+    res["fused_over_torch_chain"] = res["fused_gbps"] / res["torch_chain_gbps"]
+    res["fused_over_naive"] = res["fused_gbps"] / res["naive_gbps"]
+    res["bf16_over_triad"] = res["bf16_fused_gbps"] / res["triad_gbps"]
+    res["multi_over_single"] = res["multi_s_per_mixture"] / res["single_s_per_mixture"]
+    return {key: round(v, 4) if isinstance(v, float) else v for key, v in res.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see module docstring)."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench merge", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small smoke run (4M elements, 3 reps)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("-K", type=int, default=8, help="number of inputs (default 8)")
+    parser.add_argument("--numel", type=int, default=None, help="elements per input (default 64M, quick 4M)")
+    parser.add_argument("-M", "--multi", type=int, default=4, help="mixtures for the multi form (default 4)")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7, quick 3)")
+    parser.add_argument("--csv", type=Path, default=None, help="also write the figures to this CSV")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.json else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    numel = args.numel or (4 * 2**20 if args.quick else 64 * 2**20)
+    reps = args.reps or (3 if args.quick else 7)
+    res = run(args.K, numel, args.multi, reps)
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["key", "value"])
+            writer.writerows(res.items())
+    if not args.json:
+        for key, value in res.items():
+            print(f"{key:>24}: {value}")
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Build, load and save causal LMs as Hugging Face folders (config.json + model.safetensors).
+
+Any local ``AutoModelForCausalLM`` checkpoint works as a seed; models made here are Llama-style.
+Every saved folder carries the tokenizer files and ``shardmix.json``, a record of what made it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.common import StageError, atomic_dir, write_json
+from pipeline.config import ModelConfig
+
+log = logging.getLogger("pipeline.model")
+
+META_FILE = "shardmix.json"
+
+
+def build_model(mcfg: ModelConfig, tokenizer, seed: int):
+    """A freshly initialised Llama-style causal LM sized by ``mcfg`` (tied embeddings, fp32)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=mcfg.hidden_size,
+        intermediate_size=mcfg.intermediate_size,
+        num_hidden_layers=mcfg.num_layers,
+        num_attention_heads=mcfg.num_heads,
+        num_key_value_heads=mcfg.num_heads,
+        max_position_embeddings=mcfg.max_position_embeddings,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    return model.float()
+
+
+def load_model(path: str | Path):
+    """Load a local HF causal-LM folder in fp32 on the CPU; errors name the folder and the fix."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise StageError(f"{path}: not a model folder (no config.json); give a local Hugging Face checkpoint folder, or rerun the stage that makes it (dvc repro)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise StageError(f"{path}: cannot load the model ({type(e).__name__}: {e}); check that the weights file is complete (rerun the stage that makes it)") from None
+    model.eval()
+    return model
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer stored in a model or tokenizer folder."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(Path(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise StageError(f"{path}: cannot load a tokenizer ({e}); the folder needs tokenizer.json or the files of a Hugging Face tokenizer") from None
+
+
+def save_model(model, out: str | Path, tokenizer, meta: dict[str, Any]) -> None:
+    """Write ``model`` to ``out`` atomically: safetensors weights, config, tokenizer, shardmix.json."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_json(tmp / META_FILE, meta)
+    log.info("saved %s (%.2fM parameters)", out, count_params(model) / 1e6)
+
+
+def count_params(model) -> int:
+    """Parameters counted once even when tied."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

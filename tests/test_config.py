@@ -1,0 +1,78 @@
+"""params.yaml validation: every mistake is an error naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_config
+from tests.conftest import REPO, write_params
+
+
+def test_repository_params_are_valid():
+    cfg = load_config(REPO / "params.yaml")
+    assert len(cfg.shards) >= 10
+    assert len(cfg.prepare.domains) >= 10
+    assert all(s.domain in cfg.prepare.domains for s in cfg.shards.values())
+
+
+def _error(tmp_path: Path, params: dict) -> str:
+    path = write_params(tmp_path / "params.yaml", params)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert str(path) in msg, msg
+    return msg
+
+
+def test_unknown_key_names_the_key(tmp_path, tiny_params):
+    tiny_params["train"]["learning_rate"] = 1e-3
+    msg = _error(tmp_path, tiny_params)
+    assert "train.learning_rate" in msg and "unknown key" in msg
+
+
+def test_wrong_type_names_key_and_value(tmp_path, tiny_params):
+    tiny_params["train"]["tokens"] = "lots"
+    msg = _error(tmp_path, tiny_params)
+    assert "train.tokens" in msg and "'lots'" in msg
+
+
+def test_unknown_domain_in_shard(tmp_path, tiny_params):
+    tiny_params["prepare"]["local"] = []
+    tiny_params["prepare"]["domains"] = ["news_bbc"]
+    tiny_params["shards"] = {"x": {"domain": "nope"}}
+    msg = _error(tmp_path, tiny_params)
+    assert "shards.x.domain" in msg and "nope" in msg and "prepare.domains" in msg
+
+
+def test_empty_selections(tmp_path, tiny_params):
+    p = dict(tiny_params, shards={})
+    assert "no shards" in _error(tmp_path, p)
+    p = dict(tiny_params, prepare={**tiny_params["prepare"], "domains": [], "local": []})
+    assert "no corpus selected" in _error(tmp_path, p)
+
+
+def test_bad_piece_and_negative_lr(tmp_path, tiny_params):
+    tiny_params["shards"]["code"] = {"domain": "code", "piece": 2, "of": 2}
+    assert "shards.code" in _error(tmp_path, tiny_params)
+    tiny_params["shards"]["code"] = {"domain": "code"}
+    tiny_params["train"]["lr"] = -1
+    assert "train.lr" in _error(tmp_path, tiny_params)
+
+
+def test_same_data_twice_and_bad_name(tmp_path, tiny_params):
+    tiny_params["prepare"]["local"] = []
+    tiny_params["prepare"]["domains"] = ["news_bbc"]
+    tiny_params["shards"] = {"a": {"domain": "news_bbc"}, "b": {"domain": "news_bbc"}}
+    assert "same data" in _error(tmp_path, tiny_params)
+    tiny_params["shards"] = {"a b": {"domain": "news_bbc"}}
+    assert "not usable as a file name" in _error(tmp_path, tiny_params)
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    (tmp_path / "bad.yaml").write_text("seed: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")

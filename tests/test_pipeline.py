@@ -1,0 +1,112 @@
+"""The real pipeline end to end: `dvc repro` on a tiny config, per-shard invalidation, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import dvc, run_module, write_jsonl, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def test_dvc_repro_tiny_end_to_end(project: Path):
+    out = dvc(project, "repro").stdout
+    ran = stages_run(out)
+    assert {"prepare", "tokenize", "base", "evaluate_base", "train@code", "train@prose", "train@legal"} <= set(ran), out
+
+    # outputs load: corpus, tokens, models (HF folders, safetensors, tokenizer, provenance)
+    manifest = json.loads((project / "data/corpus/manifest.json").read_text())
+    assert set(manifest["domains"]) == {"code", "prose", "legal"}
+    for d in manifest["domains"]:
+        ids = {s: {json.loads(line)["id"] for line in open(project / f"data/corpus/{d}/{s}.jsonl")} for s in ("train", "base", "eval")}
+        assert ids["eval"] and ids["train"] and not (ids["eval"] & ids["train"]) and not (ids["eval"] & ids["base"])
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for name in ("base", "shards/code", "shards/prose", "shards/legal"):
+        folder = project / "models" / name
+        assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+        meta = json.loads((folder / "shardmix.json").read_text())
+        assert meta["stage"] in ("base", "train")
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(folder)
+        assert model.config.vocab_size == len(tok)
+
+    # every shard model learned its own domain: lower perplexity there than the seed
+    for shard in ("code", "prose", "legal"):
+        own = json.loads((project / f"metrics/eval/shards/{shard}.json").read_text())["own_domain"]
+        assert own["learned"] and own["ppl"] < own["seed_ppl"], own
+    curves = project / "metrics/train/code/plots/metrics/loss.tsv"
+    assert curves.is_file() and len(curves.read_text().splitlines()) >= 2
+
+    # nothing is stale after a run
+    assert "up to date" in dvc(project, "status").stdout.lower() or dvc(project, "status").stdout.strip() in ("", "Data and pipelines are up to date.")
+
+    # adding one shard retrains only that shard
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["shards"]["code-b"] = {"domain": "code", "piece": 1, "of": 2}
+    write_params(project / "params.yaml", params)
+    status = dvc(project, "status", "--json").stdout
+    stale = set(json.loads(status))
+    assert stale == {"train@code-b", "evaluate@code-b"}, status
+    ran = stages_run(dvc(project, "repro").stdout)
+    assert sorted(ran) == ["evaluate@code-b", "train@code-b"], ran
+
+
+def test_truncated_corpus_file_is_a_clear_error_and_writes_nothing(project: Path):
+    corpus = project / "corpus.jsonl"
+    data = corpus.read_bytes()
+    corpus.write_bytes(data[: len(data) // 2 + 7])  # cut inside a line
+    proc = run_module("pipeline.prepare", cwd=project, check=False)
+    assert proc.returncode != 0
+    assert "corpus.jsonl" in proc.stderr, proc.stderr
+    assert not (project / "data/corpus").exists() and not (project / "metrics/corpus.json").exists()
+    assert not list((project / "data").glob(".corpus.tmp-*")) if (project / "data").exists() else True
+
+
+def test_params_type_error_exits_2_naming_the_key(project: Path, tiny_params):
+    tiny_params["prepare"]["max_mb"] = "big"
+    write_params(project / "params.yaml", tiny_params)
+    proc = run_module("pipeline.prepare", cwd=project, check=False)
+    assert proc.returncode == 2
+    assert "prepare.max_mb" in proc.stderr and "params.yaml" in proc.stderr
+    assert not (project / "data").exists()
+
+
+def test_unknown_names_are_clear_errors(project: Path, tiny_params):
+    proc = run_module("pipeline.train", "--shard", "nope", cwd=project, check=False)
+    assert proc.returncode == 2 and "no shard named 'nope'" in proc.stderr and "code" in proc.stderr
+    tiny_params["prepare"]["domains"] = ["no_such_domain"]
+    write_params(project / "params.yaml", tiny_params)
+    proc = run_module("pipeline.prepare", cwd=project, check=False)
+    assert proc.returncode == 2 and "no_such_domain" in proc.stderr and "known domains" in proc.stderr
+
+
+def test_empty_domain_and_empty_shard(project: Path, tiny_params, corpus_rows):
+    # a domain whose every document is too short leaves nothing: prepare refuses, names it
+    rows = corpus_rows + [{"id": f"short/{i}", "domain": "short", "text": "tiny"} for i in range(5)]
+    write_jsonl(project / "corpus.jsonl", rows)
+    tiny_params["shards"]["short"] = {"domain": "short"}
+    write_params(project / "params.yaml", tiny_params)
+    proc = run_module("pipeline.prepare", cwd=project, check=False)
+    assert proc.returncode == 2 and "domain short: no documents left" in proc.stderr, proc.stderr
+    assert not (project / "data/corpus").exists()
+
+    # a shard piece too small for one training window: train refuses, no model folder is left
+    write_jsonl(project / "corpus.jsonl", corpus_rows)
+    tiny_params["shards"] = {"code": {"domain": "code"}, "sliver": {"domain": "prose", "piece": 0, "of": 100000}}
+    write_params(project / "params.yaml", tiny_params)
+    dvc(project, "repro", "base")
+    proc = run_module("pipeline.train", "--shard", "sliver", cwd=project, check=False)
+    assert proc.returncode == 2 and "shard sliver" in proc.stderr and "less than one window" in proc.stderr, proc.stderr
+    assert not (project / "models/shards/sliver").exists()
+    assert not (project / "metrics/train/sliver").exists()
