@@ -5,11 +5,13 @@
 #
 # Exit 0 with a "SKIPPED: <reason>" line when nvcc, disk space or the CUDA torch wheel cannot be
 # had; exit non-zero on a real compile/link failure. Env: PYTHON (default python3), CUDA_HOME,
-# SHARDMIX_CUDA_TORCH (default torch==2.14.1), TORCH_CUDA_ARCH_LIST (default "8.0;9.0").
+# SHARDMIX_CUDA_TORCH (default torch==2.14.1), TORCH_CUDA_ARCH_LIST (default "8.0;9.0"),
+# SHARDMIX_CUDA_VENV (default <repo>/.cache/cuda-venv; point it at a persistent folder so that
+# fresh clones reuse the ~6 min, 5.4 GB install).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-venv="$repo/.cache/cuda-venv"
+venv=${SHARDMIX_CUDA_VENV:-$repo/.cache/cuda-venv}
 torch_spec=${SHARDMIX_CUDA_TORCH:-torch==2.14.1}
 python=${PYTHON:-python3}
 skip() { echo "SKIPPED: CUDA extension build: $*"; exit 0; }
@@ -35,7 +37,9 @@ if ! "$venv/bin/python" -c "import torch, sys; sys.exit(0 if torch.version.cuda 
   [ "$free_kb" -gt $((12 * 1024 * 1024)) ] || skip "less than 12 GB free disk for the CUDA torch venv"
   rm -rf "$venv"
   "$python" -m venv "$venv" || skip "cannot create a venv with $python"
-  if ! "$venv/bin/pip" install -q "$torch_spec" ninja pybind11 setuptools; then
+  pip_log="$venv/pip-install.log"
+  if ! "$venv/bin/pip" install -q "$torch_spec" ninja pybind11 setuptools numpy >"$pip_log" 2>&1; then
+    tail -n 5 "$pip_log"
     rm -rf "$venv"
     skip "cannot install $torch_spec (no package index reachable?)"
   fi

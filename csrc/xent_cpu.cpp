@@ -16,7 +16,7 @@ namespace {
 // exp(x) for x <= 0 (arguments are logit - running max), vectorisable plain C: Cody-Waite range
 // reduction and a degree-6 polynomial (Cephes expf), relative error ~1e-7. x < -87 flushes to 0.
 SM_INLINE float exp_nonpos(float x) {
-  const float xc = std::max(x, -87.0f);
+  const float xc = x > -87.0f ? x : -87.0f;
   const float t = xc * 1.44269504088896341f;
   const float fi = (t + 12582912.0f) - 12582912.0f;  // round to nearest integer (|t| < 2^22)
   const float r = (xc - fi * 0.693359375f) + fi * 2.12194440e-4f;
@@ -30,13 +30,14 @@ SM_INLINE float exp_nonpos(float x) {
   const int32_t bits = (static_cast<int32_t>(fi) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return x < -87.0f ? 0.0f : p * scale;
+  const float keep = x >= -87.0f ? 1.0f : 0.0f;  // branch-free select vectorises on every ISA
+  return p * scale * keep;
 }
 
 SM_INLINE void lse_row(const float* __restrict x, int64_t cols, float* run_max, float* run_sum) {
   float m = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < cols; ++j) m = std::max(m, x[j]);
+  for (int64_t j = 0; j < cols; ++j) m = x[j] > m ? x[j] : m;
   const float old_max = *run_max;
   const float new_max = std::max(old_max, m);
   if (new_max == -std::numeric_limits<float>::infinity()) return;  // nothing but -inf so far

@@ -15,6 +15,9 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.merge import MixturesConfig
+from pipeline.validation import ValidationConfig
+
 DEFAULT_PARAMS = Path("params.yaml")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -150,10 +153,8 @@ class Config(Section):
     train: OptimConfig
     shards: dict[str, ShardSpec]
     eval: EvalConfig = EvalConfig()
-    # Sections owned by later stages (mixtures, validation) are validated by their own models,
-    # declared here so that an unknown top-level key is still an error.
-    mixtures: dict | None = None
-    validation: dict | None = None
+    mixtures: MixturesConfig = MixturesConfig()
+    validation: ValidationConfig = ValidationConfig()
 
     @field_validator("shards")
     @classmethod
@@ -166,6 +167,8 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
+        self.mixtures.check_shards(list(self.shards))
+        self.validation.check_shards(list(self.shards))
         known = set(self.prepare.domains)
         if self.prepare.local:
             # domains of local files are only known after reading them; checked by prepare

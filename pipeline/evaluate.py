@@ -68,37 +68,47 @@ def streaming_supported(model) -> bool:
 
 
 @torch.no_grad()
-def nll_batch(model, inputs: torch.Tensor, targets: torch.Tensor, impl: str = "auto") -> tuple[float, int]:
-    """Sum of NLL (fp64) and count of predicted tokens for one batch of windows."""
+def nll_batch(model, inputs: torch.Tensor, targets: torch.Tensor, impl: str = "auto") -> tuple[float, torch.Tensor]:
+    """fp64 sum of NLL and the per-token NLL (float32, predicted positions only, in order) of one batch."""
     from pipeline.kernels import linear_cross_entropy
 
+    flat_targets = targets.reshape(-1)
+    mask = flat_targets != IGNORE
     if impl == "logits" or not streaming_supported(model):
         logits = model(input_ids=inputs).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="none")
-        mask = targets.reshape(-1) != IGNORE
-        return float(nll[mask].double().sum()), int(mask.sum())
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), flat_targets, ignore_index=IGNORE, reduction="none")
+        return float(nll[mask].double().sum()), nll[mask]
     hidden = model.base_model(input_ids=inputs).last_hidden_state
     head = model.get_output_embeddings()
-    res = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), head.weight, targets.reshape(-1), head.bias, ignore_index=IGNORE, impl=impl)
-    return res.total, res.count
+    res = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), head.weight, flat_targets, head.bias, ignore_index=IGNORE, impl=impl)
+    return res.total, res.nll[mask]
 
 
 @torch.no_grad()
-def evaluate(model, eval_sets: list[EvalSet], batch_size: int, impl: str = "auto", desc: str | None = None) -> dict[str, dict]:
-    """Perplexity and bits-per-byte of ``model`` on each eval set."""
+def evaluate(model, eval_sets: list[EvalSet], batch_size: int, impl: str = "auto", desc: str | None = None,
+             per_token: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
+    """Perplexity and bits-per-byte of ``model`` on each eval set.
+
+    When ``per_token`` is a dict, it receives each domain's per-token NLL (float32, in token
+    order): what an output-space ensemble of models needs, since it only mixes the probabilities
+    of the targets.
+    """
     model.eval()
     out = {}
     total_windows = sum(len(e.inputs) for e in eval_sets)
-    bar = progress(total=total_windows, desc=desc or "evaluate", unit="win", leave=False) if desc else None
+    bar = progress(total=total_windows, desc=desc, unit="win", leave=False) if desc else None
     for e in eval_sets:
-        nats, count = 0.0, 0
+        nats, parts = 0.0, []
         for b in range(0, len(e.inputs), batch_size):
-            s, c = nll_batch(model, e.inputs[b : b + batch_size], e.targets[b : b + batch_size], impl)
+            s, nll = nll_batch(model, e.inputs[b : b + batch_size], e.targets[b : b + batch_size], impl)
             nats += s
-            count += c
+            parts.append(nll)
             if bar is not None:
                 bar.update(min(batch_size, len(e.inputs) - b))
+        count = sum(p.numel() for p in parts)
         assert count == e.predicted, (count, e.predicted)
+        if per_token is not None:
+            per_token[e.domain] = torch.cat(parts).numpy().astype(np.float32)
         out[e.domain] = {
             "ppl": math.exp(nats / count),
             "bpb": nats / (math.log(2) * e.bytes),
@@ -111,13 +121,31 @@ def evaluate(model, eval_sets: list[EvalSet], batch_size: int, impl: str = "auto
     return out
 
 
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays to ``path`` atomically (temporary name, then rename)."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def main(args, cfg: Config) -> None:
     from pipeline.model import load_model
 
     domains = cfg.eval_domains(available_eval_domains(args.tokens))
     sets = load_eval_sets(args.tokens, domains, cfg.eval.seq_len)
     model = load_model(args.model)
-    scores = evaluate(model, sets, cfg.eval.batch_size, desc=f"evaluate {args.model}")
+    per_token: dict[str, np.ndarray] | None = {} if args.save_nll else None
+    scores = evaluate(model, sets, cfg.eval.batch_size, desc=f"evaluate {args.model}", per_token=per_token)
+    if args.save_nll:
+        save_npz(args.save_nll, per_token)
     result: dict = {"model": str(args.model), "eval": {d: {"ppl": round(s["ppl"], 4), "bpb": round(s["bpb"], 5)} for d, s in scores.items()}}
     if args.shard:
         if args.shard not in cfg.shards:
@@ -143,6 +171,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
     p.add_argument("--tokens", type=Path, default=Path("data/tokens"))
     p.add_argument("--shard", help="the shard this model was trained on: adds its own-domain ppl next to the seed's")
+    p.add_argument("--save-nll", type=Path, help="also write each domain's per-token NLL here (.npz)")
     p.add_argument("--seed-metrics", type=Path, default=Path("metrics/eval/base.json"))
     return run_stage(main, p, argv)
 

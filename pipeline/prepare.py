@@ -51,7 +51,7 @@ def split_of(key: str, eval_fraction: float, base_fraction: float) -> str:
 
 def collect(cfg: Config, cache: Path) -> tuple[dict[str, list], dict[str, list[dict]]]:
     """Fetch every selected source; return documents and package records by domain."""
-    from pipeline.sources import LocalCorpus, SourceError, get_source
+    from pipeline.sources import LocalCorpus, SourceError, get_source, prefetch
 
     docs: dict[str, list] = defaultdict(list)
     packages: dict[str, list[dict]] = defaultdict(list)
@@ -61,6 +61,10 @@ def collect(cfg: Config, cache: Path) -> tuple[dict[str, list], dict[str, list[d
             sources.append((domain, get_source(domain)))
         except ValueError as e:
             raise StageError(f"params.yaml: prepare.domains: {e}") from None
+    try:
+        prefetch([src for _, src in sources], cache)  # all downloads in a few batched calls
+    except SourceError as e:
+        raise StageError(f"prepare.domains: {e}") from None
     for i, loc in enumerate(cfg.prepare.local):
         sources.append((f"local[{i}] {loc.path}", LocalCorpus(**loc.model_dump())))
     for label, src in sources:

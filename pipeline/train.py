@@ -132,19 +132,36 @@ def continue_pretraining(cfg: Config, name: str, shards: list[str], weights: lis
 
 
 def main(args, cfg: Config) -> None:
-    if args.shard not in cfg.shards:
-        raise StageError(f"params.yaml: no shard named {args.shard!r} under 'shards'; known: {sorted(cfg.shards)}")
-    continue_pretraining(cfg, args.shard, [args.shard], None, args.out or Path("models/shards") / args.shard,
-                         args.live or Path("metrics/train") / args.shard, args.base, args.tokens)
+    if (args.shard is None) == (args.mixture is None):
+        raise StageError("give exactly one of --shard NAME or --mixture NAME")
+    if args.shard is not None:
+        if args.shard not in cfg.shards:
+            raise StageError(f"params.yaml: no shard named {args.shard!r} under 'shards'; known: {sorted(cfg.shards)}")
+        name, shards, weights = args.shard, [args.shard], None
+        out, live = Path("models/shards") / name, Path("metrics/train") / name
+    else:
+        from pipeline.merge import shard_token_counts
+        from pipeline.validation import resolve_validation
+
+        if args.mixture not in cfg.validation.mixtures:
+            raise StageError(f"params.yaml: no mixture named {args.mixture!r} under 'validation.mixtures'; known: {sorted(cfg.validation.mixtures)}")
+        members = cfg.validation.mixtures[args.mixture].shards
+        tokens = shard_token_counts({s: cfg.shards[s] for s in members}, args.tokens)
+        only = cfg.validation.model_copy(update={"mixtures": {args.mixture: cfg.validation.mixtures[args.mixture]}})
+        (mix,) = resolve_validation(only, cfg.mixtures, list(cfg.shards), tokens)
+        name, shards, weights = mix.name, list(mix.shards), list(mix.weights)
+        out, live = Path("models/mixtures") / name, Path("metrics/train_mixtures") / name
+    continue_pretraining(cfg, name, shards, weights, args.out or out, args.live or live, args.base, args.tokens)
 
 
 def cli(argv: list[str] | None = None) -> int:
     p = stage_parser(__doc__.splitlines()[0])
-    p.add_argument("--shard", required=True, help="shard name (a key of 'shards' in params.yaml)")
+    p.add_argument("--shard", help="shard name (a key of 'shards' in params.yaml)")
+    p.add_argument("--mixture", help="validation mixture name (a key of 'validation.mixtures'): trains on the union of its shards")
     p.add_argument("--base", type=Path, default=BASE_DIR, help="seed model folder (default: %(default)s)")
     p.add_argument("--tokens", type=Path, default=Path("data/tokens"))
-    p.add_argument("--out", type=Path, default=None, help="default: models/shards/<shard>")
-    p.add_argument("--live", type=Path, default=None, help="DVCLive folder; default: metrics/train/<shard>")
+    p.add_argument("--out", type=Path, default=None, help="default: models/shards/<shard> or models/mixtures/<mixture>")
+    p.add_argument("--live", type=Path, default=None, help="DVCLive folder; default: metrics/train/<shard> or metrics/train_mixtures/<mixture>")
     return run_stage(main, p, argv)
 
 

@@ -81,6 +81,9 @@ TINY_PARAMS = {
     "train": {"tokens": 2048, "lr": 1e-3, "batch_size": 4, "seq_len": 64, "log_every": 2},
     "shards": {"code": {"domain": "code"}, "prose": {"domain": "prose"}, "legal": {"domain": "legal"}},
     "eval": {"domains": None, "seq_len": 64, "batch_size": 8},
+    "mixtures": {"weighting": "tokens", "subsets": [{"k": 2}]},
+    "validation": {"mixtures": {"code+prose": {"shards": ["code", "prose"]}, "prose+legal": {"shards": ["prose", "legal"]},
+                                "code+prose+legal": {"shards": ["code", "prose", "legal"]}}},
 }
 
 

@@ -104,6 +104,7 @@ def test_empty_domain_and_empty_shard(project: Path, tiny_params, corpus_rows):
     # a shard piece too small for one training window: train refuses, no model folder is left
     write_jsonl(project / "corpus.jsonl", corpus_rows)
     tiny_params["shards"] = {"code": {"domain": "code"}, "sliver": {"domain": "prose", "piece": 0, "of": 100000}}
+    tiny_params["validation"] = {"mixtures": {}}
     write_params(project / "params.yaml", tiny_params)
     dvc(project, "repro", "base")
     proc = run_module("pipeline.train", "--shard", "sliver", cwd=project, check=False)

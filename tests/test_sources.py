@@ -565,22 +565,21 @@ def test_docs_perl_renders_pod(tmp_path, cache, no_network):
     assert docs[1].text.startswith("NAME\n    perlfoo - about foo and \"bar\"") and "verbatim code" in docs[1].text
 
 
-def _rdata_db(objects: dict[str, object]) -> tuple[bytes, bytes]:
+def _rdata_db(tmp: Path, objects: dict[str, object]) -> tuple[bytes, bytes]:
     """An R lazy-load database (Rdata.rdx, Rdata.rdb) holding ``objects``, written with rdata."""
     import numpy as np
     import rdata
 
-    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     blob, index = b"", {}
     for name, value in objects.items():
-        p = tmp / f"shardmix-test-{os.getpid()}-{name}.rds"
+        p = tmp / f"{name}.rds"
         rdata.write_rds(p, value, compression=None)
         raw = p.read_bytes()
         p.unlink()
         chunk = struct.pack(">I", len(raw)) + zlib.compress(raw)
         index[name] = np.array([len(blob), len(chunk)], dtype=np.int32)
         blob += chunk
-    p = tmp / f"shardmix-test-{os.getpid()}-index.rds"
+    p = tmp / "index.rds"
     rdata.write_rds(p, {"variables": index, "references": {}, "compressed": np.array([True])})
     rdx = p.read_bytes()
     p.unlink()
@@ -599,10 +598,10 @@ def test_literature_reads_r_lazyload_db(tmp_path, cache, no_network, monkeypatch
     moby = np.array(["Header\r\n*** START OF THIS PROJECT GUTENBERG EBOOK MOBY DICK ***\r\n\r\nETYMOLOGY.\r\n\r\n"
                      "Whale.\r\n\r\nCHAPTER 1. Loomings.\r\n\r\nCall me Ishmael.\r\n\r\nEpilogue\r\n\r\nThe drama's done."
                      "\r\n\r\nEnd of Project Gutenberg's Moby Dick\r\nlicence"])
-    rdx, rdb = _rdata_db({"emma": emma})
+    rdx, rdb = _rdata_db(tmp_path, {"emma": emma})
     d = "usr/lib/R/site-library/janeaustenr/data/"
     put_deb(tmp_path, cache, "r-cran-janeaustenr", {d + "Rdata.rdx": rdx, d + "Rdata.rdb": rdb})
-    rdx, rdb = _rdata_db({"mobydick": moby})
+    rdx, rdb = _rdata_db(tmp_path, {"mobydick": moby})
     d = "usr/lib/R/site-library/tokenizers/data/"
     path = put_deb(tmp_path, cache, "r-cran-tokenizers", {d + "Rdata.rdx": rdx, d + "Rdata.rdb": rdb})
     docs = docs_of("literature", cache)

@@ -39,7 +39,7 @@ EXT_NAME = "shardmix_kernels"
 
 CPU_SOURCES = ["ops.cpp", "merge_cpu.cpp", "merge_avx2.cpp", "merge_avx512.cpp", "xent_cpu.cpp"]
 CUDA_SOURCES = ["ops_cuda.cpp", "merge_cuda.cu", "xent_cuda.cu"]
-CFLAGS = ["-O3", "-g0", "-fopenmp", "-ffp-contract=fast", "-DNDEBUG"]
+CFLAGS = ["-O3", "-g0", "-fopenmp", "-ffp-contract=fast", "-fno-trapping-math", "-fno-math-errno", "-DNDEBUG"]
 LDFLAGS = ["-fopenmp"]
 CUDA_CFLAGS = ["-O3", "-DNDEBUG", "-lineinfo"]
 

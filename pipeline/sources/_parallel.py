@@ -27,10 +27,11 @@ def workers() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
-def pmap(fn: Callable[[T], R], items: Sequence[T], chunksize: int = 16) -> Iterator[R]:
-    """``map(fn, items)`` in worker processes, results in input order."""
+def pmap(fn: Callable[[T], R], items: Sequence[T], chunksize: int = 16, min_items: int | None = None) -> Iterator[R]:
+    """``map(fn, items)`` in worker processes, results in input order; serial below ``min_items``
+    items (default ``4 * chunksize``)."""
     n = workers()
-    if n <= 1 or len(items) < 4 * chunksize or "fork" not in mp.get_all_start_methods():
+    if n <= 1 or len(items) < (4 * chunksize if min_items is None else min_items) or "fork" not in mp.get_all_start_methods():
         yield from map(fn, items)
         return
     with ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("fork")) as pool:

