@@ -1,10 +1,11 @@
 // Helpers shared by the CPU kernels: run-time ISA choice, inline dtype conversions, target
 // attributes. No torch headers.
 //
-// Every kernel body is written once as an always_inline template of plain loops and instantiated
-// in three wrappers compiled for AVX-512, AVX2 and baseline x86-64 (GCC target attributes); the
-// wrapper for the best ISA the CPU reports is picked at run time. So the .so is built with
-// portable flags (no -march=native) and still uses AVX-512 where the CPU has it.
+// The .so is built with portable flags (no -march=native) and still uses AVX-512 where the CPU
+// has it: ISA-specific code is compiled for AVX-512 / AVX2 / baseline x86-64 side by side and
+// the best one the CPU reports is picked at run time (active_isa). Plain-loop kernels (xent_cpu.cpp)
+// are always_inline bodies instantiated in SM_TARGET_* wrappers; intrinsic kernels (merge) live in
+// per-ISA files under `#pragma GCC target` (merge_avx512.cpp, merge_avx2.cpp).
 #pragma once
 
 #include <cstdint>

@@ -11,7 +11,7 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "cpu_common.h"

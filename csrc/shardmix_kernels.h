@@ -44,9 +44,9 @@ void lse_finalize_cpu(const float* run_max, const float* run_sum, const float* t
 // except where noted.
 // ---------------------------------------------------------------------------------------------
 
-// desc: device array of K input pointers, then M output pointers (as uint64), then K input
-// dtypes and M output dtypes (as int32, packed two per uint64 slot is NOT used: one per uint64).
-// weights: device [M * K] fp32. aligned16: host-checked flag that every pointer is 16-byte aligned.
+// desc: device array of 2 * (K + M) uint64 slots: K input pointers, M output pointers, K input
+// DType codes, M output DType codes. weights: device [M * K] fp32, row-major. aligned16: the host
+// checked that every input/output pointer is 16-byte aligned (enables vector loads/stores).
 int weighted_sum_cuda(const uint64_t* desc, const float* weights, int K, int M, int64_t n, bool aligned16,
                       void* stream);
 

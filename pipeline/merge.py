@@ -279,8 +279,9 @@ def merge_plan(model: torch.nn.Module, pool: ShardPool) -> list[tuple[str, torch
     store (a tied model's safetensors file has no ``lm_head.weight``). Raises StageError when a
     parameter is in no checkpoint or has another shape.
     """
+    import torch
+
     from pipeline.common import StageError
-    from pipeline.kernels import MERGE_DTYPES
 
     names: dict[int, list[str]] = {}
     params: dict[int, torch.Tensor] = {}
@@ -299,7 +300,7 @@ def merge_plan(model: torch.nn.Module, pool: ShardPool) -> list[tuple[str, torch
         if tuple(p.shape) != info.shape:
             raise StageError(f"parameter {src}: {list(p.shape)} in the resident model but {list(info.shape)} in {info.file}: "
                              f"the resident model must be loaded from the seed folder {ref}")
-        if p.dtype not in MERGE_DTYPES or not p.is_contiguous():
+        if p.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not p.is_contiguous():
             raise StageError(f"parameter {src} is {p.dtype}{'' if p.is_contiguous() else ', not contiguous'}: "
                              f"load the resident model in float32 (pipeline.model.load_model)")
         plan.append((src, p))
@@ -350,3 +351,4 @@ def merge_many_into(models: Sequence[torch.nn.Module], weights: Sequence[Sequenc
                 multi_weighted_sum([v[a:b] for v in views], w, [o[a:b] for o in outs], impl=impl)
                 pool.release(src, ks, a, b)
             del views
+    pool.release_all()

@@ -42,6 +42,7 @@ WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header (100 MB)
+FAULT_AROUND = 64 << 10  # Linux maps up to this much around a faulting page of a file mapping
 # config.json keys that say how a folder was saved or used, not what the network computes.
 CONFIG_IGNORED = frozenset({"transformers_version", "_name_or_path", "_model_name_or_path", "dtype", "torch_dtype",
                             "use_cache", "architectures", "quantization_config", "_commit_hash", "output_attentions",
@@ -249,6 +250,12 @@ class ShardPool:
             hi = info.end if stop is None else min(info.end, info.start + stop * item)
             _drop(ck.map(info.file), lo, hi)
 
+    def release_all(self) -> None:
+        """Drop every mapped page of every open weight file from this process's resident memory."""
+        for ck in [*self.checkpoints, *([self.seed] if self.seed else [])]:
+            for m in ck._maps.values():
+                _drop(m, 0, len(m))
+
     def close(self) -> None:
         for ck in [*self.checkpoints, *([self.seed] if self.seed else [])]:
             ck.close()
@@ -276,13 +283,14 @@ def _view(ck: Checkpoint, info: TensorInfo) -> torch.Tensor:
 
 
 def _drop(m: mmap.mmap, lo: int, hi: int) -> None:
-    """madvise(DONTNEED) on the pages that hold bytes [lo, hi) of a private, never-written mapping.
+    """madvise(DONTNEED) on the pages that hold bytes [lo, hi) of a private, never-written mapping,
+    widened by the kernel's fault-around window (a read fault also maps up to 64 KiB of neighbours).
 
     Pages shared with a neighbouring tensor are dropped too: harmless, they fault back in on use.
     """
     page = mmap.PAGESIZE
-    a = lo // page * page
-    b = min(-(-hi // page) * page, len(m))
+    a = max(0, lo - FAULT_AROUND) // page * page
+    b = min(-(-(hi + FAULT_AROUND) // page) * page, len(m))
     if b > a:
         m.madvise(mmap.MADV_DONTNEED, a, b - a)
 

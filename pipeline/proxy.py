@@ -17,8 +17,9 @@ Outputs (both written at the end, atomically; nothing is written on error):
 - ``metrics/proxy.json``: ``{"mixtures": {NAME: {"shards", "weights", "k", "eval": {DOMAIN:
   {"ppl", "bpb"}}}}, "shards": {...each shard alone...}, "seed": {"eval": ...}, "eval": {...},
   "cost": {...}, "made_by": {...}}``
-- ``plots/proxy.csv``: long format ``mixture,k,domain,ppl,bpb`` (seed: ``(seed)``, k=0; shards k=1),
-  drawn as a mixture x domain heatmap by the ``heatmap`` DVC template (:data:`HEATMAP_TEMPLATE`).
+- ``plots/proxy.csv``: long format ``mixture,k,domain,ppl,bpb,bpb_vs_seed`` (seed: ``(seed)``, k=0;
+  shards k=1), drawn as a mixture x domain heatmap by the ``heatmap`` DVC template
+  (:data:`HEATMAP_TEMPLATE`; colour = bpb relative to the seed's on the same domain).
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ from pipeline.merge import Mixture, MixturesConfig, load_mixtures_config, merge_
 log = logging.getLogger(__name__)
 
 SEED_LABEL = "(seed)"  # cannot collide: shard and mixture names start with a letter or digit
-CSV_FIELDS = ["mixture", "k", "domain", "ppl", "bpb"]
+CSV_FIELDS = ["mixture", "k", "domain", "ppl", "bpb", "bpb_vs_seed"]
 
-# DVC plot template (save as .dvc/plots/heatmap.json): mixture (y) x domain (x), colour = bits per byte.
+# DVC plot template (save as .dvc/plots/heatmap.json): mixture (y, in file order: seed, shards,
+# mixtures) x domain (x), colour = bits per byte relative to the seed's on that domain (< 1: better).
 HEATMAP_TEMPLATE: dict[str, Any] = {
     "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
     "data": {"values": "<DVC_METRIC_DATA>"},
@@ -51,11 +53,11 @@ HEATMAP_TEMPLATE: dict[str, Any] = {
     "mark": {"type": "rect", "tooltip": True},
     "encoding": {
         "x": {"field": "<DVC_METRIC_X>", "type": "nominal", "title": "<DVC_METRIC_X_LABEL>"},
-        "y": {"field": "<DVC_METRIC_Y>", "type": "nominal", "title": "<DVC_METRIC_Y_LABEL>",
-              "sort": {"field": "k", "order": "ascending"}},
-        "color": {"field": "bpb", "type": "quantitative", "title": "bits per byte", "scale": {"scheme": "viridis"}},
+        "y": {"field": "<DVC_METRIC_Y>", "type": "nominal", "title": "<DVC_METRIC_Y_LABEL>", "sort": None},
+        "color": {"field": "bpb_vs_seed", "type": "quantitative", "title": "bpb / seed bpb",
+                  "scale": {"scheme": "redblue", "reverse": True, "domainMid": 1}},
         "tooltip": [{"field": "mixture"}, {"field": "domain"}, {"field": "ppl", "type": "quantitative"},
-                    {"field": "bpb", "type": "quantitative"}],
+                    {"field": "bpb", "type": "quantitative"}, {"field": "bpb_vs_seed", "type": "quantitative"}],
     },
     "width": 400,
     "height": {"step": 12},
@@ -63,10 +65,11 @@ HEATMAP_TEMPLATE: dict[str, Any] = {
 
 
 def cap_eval_sets(sets: list, tokens: int | None, tokenizer) -> list:
-    """The first ``ceil(tokens / seq_len)`` windows of each eval set (all when ``tokens`` is None).
+    """The first ``tokens`` predicted tokens of each eval set (all of it when ``tokens`` is None).
 
-    A capped set's byte count is that of the text its predicted tokens decode to (specials
-    skipped), so bits-per-byte stays exact for the windows scored.
+    Whole windows are kept and the targets past ``tokens`` are ignored (padding never changes a
+    score). A capped set's byte count is that of the text its predicted tokens decode to (specials
+    skipped), so bits-per-byte stays exact for the tokens scored.
     """
     from pipeline.evaluate import IGNORE
 
@@ -74,12 +77,13 @@ def cap_eval_sets(sets: list, tokens: int | None, tokenizer) -> list:
         return sets
     out = []
     for e in sets:
-        n = math.ceil(tokens / e.seq_len)
-        if n >= len(e.inputs):
+        if tokens >= e.predicted:
             out.append(e)
             continue
+        n = math.ceil(tokens / e.seq_len)
         c = copy.copy(e)
-        c.inputs, c.targets = e.inputs[:n], e.targets[:n]
+        c.inputs, c.targets = e.inputs[:n], e.targets[:n].clone()
+        c.targets.view(-1)[tokens:] = IGNORE
         kept = c.targets[c.targets != IGNORE]
         c.predicted = int(kept.numel())
         c.bytes = len(tokenizer.decode(kept.tolist(), skip_special_tokens=True).encode())
@@ -106,28 +110,30 @@ def score_all(mixtures: list[Mixture], shard_dirs: dict[str, Path], base: Path, 
     with ShardPool(shard_dirs, seed=base) as pool:
         model = load_model(base)
         bar = progress(total=1 + len(names) + len(mixtures), desc="proxy", unit="model")
-        seed = _scores(evaluate(model, sets, batch_size, impl=impl))
-        bar.update(1)
-        shards = {}
-        for k, s in enumerate(names):
-            merge_many_into([model], [[float(j == k) for j in range(len(names))]], pool, impl=impl)
-            shards[s] = {"shards": [s], "weights": [1.0], "k": 1, "eval": _scores(evaluate(model, sets, batch_size, impl=impl))}
+        try:
+            seed = _scores(evaluate(model, sets, batch_size, impl=impl))
             bar.update(1)
-        models = [model] + [copy.deepcopy(model) for _ in range(min(at_once, len(mixtures)) - 1)]
-        out, t_merge, t_eval = {}, 0.0, 0.0
-        t_mix = time.perf_counter()
-        for g in range(0, len(mixtures), len(models)):
-            group = mixtures[g : g + len(models)]
-            t0 = time.perf_counter()
-            merge_many_into(models[: len(group)], [m.vector(names) for m in group], pool, impl=impl)
-            t1 = time.perf_counter()
-            for mix, mdl in zip(group, models):
-                out[mix.name] = {"shards": list(mix.shards), "weights": [round(w, 6) for w in mix.weights], "k": mix.k,
-                                 "eval": _scores(evaluate(mdl, sets, batch_size, impl=impl))}
+            shards = {}
+            for k, s in enumerate(names):
+                merge_many_into([model], [[float(j == k) for j in range(len(names))]], pool, impl=impl)
+                shards[s] = {"shards": [s], "weights": [1.0], "k": 1, "eval": _scores(evaluate(model, sets, batch_size, impl=impl))}
                 bar.update(1)
-                bar.set_postfix(mixture=mix.name[:40])
-            t_merge, t_eval = t_merge + (t1 - t0), t_eval + (time.perf_counter() - t1)
-        bar.close()
+            models = [model] + [copy.deepcopy(model) for _ in range(min(at_once, len(mixtures)) - 1)]
+            out, t_merge, t_eval = {}, 0.0, 0.0
+            t_mix = time.perf_counter()
+            for g in range(0, len(mixtures), len(models)):
+                group = mixtures[g : g + len(models)]
+                t0 = time.perf_counter()
+                merge_many_into(models[: len(group)], [m.vector(names) for m in group], pool, impl=impl)
+                t1 = time.perf_counter()
+                for mix, mdl in zip(group, models):
+                    out[mix.name] = {"shards": list(mix.shards), "weights": [round(w, 6) for w in mix.weights], "k": mix.k,
+                                     "eval": _scores(evaluate(mdl, sets, batch_size, impl=impl))}
+                    bar.update(1)
+                    bar.set_postfix(mixture=mix.name[:40])
+                t_merge, t_eval = t_merge + (t1 - t0), t_eval + (time.perf_counter() - t1)
+        finally:
+            bar.close()
     n = max(1, len(mixtures))
     return {
         "mixtures": out,
@@ -143,14 +149,19 @@ def score_all(mixtures: list[Mixture], shard_dirs: dict[str, Path], base: Path, 
 
 
 def csv_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """Long-format plot rows: the seed (k=0), each shard (k=1), then every mixture."""
+    """Long-format plot rows: the seed (k=0), each shard (k=1), then every mixture.
+
+    ``bpb_vs_seed`` is the row's bits-per-byte over the seed's on the same domain (< 1: better).
+    """
     rows = []
+    seed = metrics["seed"]["eval"]
     entries = [(SEED_LABEL, 0, metrics["seed"]["eval"])]
     entries += [(s, v["k"], v["eval"]) for s, v in metrics["shards"].items()]
     entries += [(m, v["k"], v["eval"]) for m, v in metrics["mixtures"].items()]
     for name, k, ev in entries:
         for d, s in ev.items():
-            rows.append({"mixture": name, "k": k, "domain": d, "ppl": s["ppl"], "bpb": s["bpb"]})
+            rows.append({"mixture": name, "k": k, "domain": d, "ppl": s["ppl"], "bpb": s["bpb"],
+                         "bpb_vs_seed": round(s["bpb"] / seed[d]["bpb"], 5)})
     return rows
 
 

@@ -21,7 +21,8 @@ def stages_run(output: str) -> list[str]:
 def test_dvc_repro_tiny_end_to_end(project: Path):
     out = dvc(project, "repro").stdout
     ran = stages_run(out)
-    assert {"prepare", "tokenize", "base", "evaluate_base", "train@code", "train@prose", "train@legal"} <= set(ran), out
+    assert {"prepare", "tokenize", "base", "evaluate_base", "train@code", "train@prose", "train@legal", "proxy",
+            "train_mixture@code+prose", "evaluate_mixture@code+prose+legal", "report"} <= set(ran), out
 
     # outputs load: corpus, tokens, models (HF folders, safetensors, tokenizer, provenance)
     manifest = json.loads((project / "data/corpus/manifest.json").read_text())
@@ -48,18 +49,32 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     curves = project / "metrics/train/code/plots/metrics/loss.tsv"
     assert curves.is_file() and len(curves.read_text().splitlines()) >= 2
 
-    # nothing is stale after a run
-    assert "up to date" in dvc(project, "status").stdout.lower() or dvc(project, "status").stdout.strip() in ("", "Data and pipelines are up to date.")
+    # the proxy scored every candidate and validation mixture; the report has the documented shape
+    proxy = json.loads((project / "metrics/proxy.json").read_text())
+    assert {"code+prose", "code+legal", "prose+legal", "code+prose+legal"} <= set(proxy["mixtures"])
+    assert set(proxy["shards"]) == {"code", "prose", "legal"} and proxy["seed"]["eval"]
+    report = json.loads((project / "metrics/report.json").read_text())
+    assert set(report["proxies"]) == {"merged", "mean_shard_ppl", "best_shard", "ensemble"}
+    for entry in report["proxies"].values():
+        assert set(entry["domains"]) == {"code", "prose", "legal"}
+        assert set(entry["mean"]) == {"pearson", "spearman", "pairwise_acc"}
+    assert report["mixtures"] == 3
+    for f in ("summary.md", "scatter.png", "correlation.png"):
+        assert (project / "reports" / f).stat().st_size > 0
+    assert "| merged |" in (project / "reports/summary.md").read_text()
 
-    # adding one shard retrains only that shard
+    # nothing is stale after a run
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+    # adding one shard trains only that shard (the proxy and the report then rescore)
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["shards"]["code-b"] = {"domain": "code", "piece": 1, "of": 2}
     write_params(project / "params.yaml", params)
     status = dvc(project, "status", "--json").stdout
     stale = set(json.loads(status))
-    assert stale == {"train@code-b", "evaluate@code-b"}, status
+    assert stale == {"train@code-b", "evaluate@code-b", "proxy", "report"}, status
     ran = stages_run(dvc(project, "repro").stdout)
-    assert sorted(ran) == ["evaluate@code-b", "train@code-b"], ran
+    assert sorted(ran) == ["evaluate@code-b", "proxy", "report", "train@code-b"], ran
 
 
 def test_truncated_corpus_file_is_a_clear_error_and_writes_nothing(project: Path):

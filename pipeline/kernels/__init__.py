@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 IMPLS = ("auto", "reference", "cpu", "cuda")
 MERGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Vocabulary rows per GEMM tile in the C++/CUDA cross-entropy (see pipeline/bench/xent.py).
-XENT_VOCAB_CHUNK = 4096
+XENT_VOCAB_CHUNK = 2048
 # Default token rows per chunk for the fast cross-entropy paths.
-XENT_TOKEN_CHUNK = 512
+XENT_TOKEN_CHUNK = 4096
 
 
 class XentResult(NamedTuple):
@@ -89,24 +89,19 @@ def _check_merge_tensors(inputs: Sequence[Tensor], outs: Sequence[Tensor] | None
     xs = list(inputs)
     if not xs:
         raise ValueError("inputs is empty: need at least one tensor to average")
-    shape, device = xs[0].shape, xs[0].device
     for i, x in enumerate(xs):
         if not isinstance(x, Tensor):
             raise TypeError(f"inputs[{i}] is a {type(x).__name__}, expected a torch.Tensor")
-        if x.dtype not in MERGE_DTYPES:
-            raise ValueError(f"inputs[{i}] has dtype {x.dtype}; supported: float32, bfloat16, float16")
-        if x.shape != shape:
-            raise ValueError(f"inputs[{i}] has shape {tuple(x.shape)} but inputs[0] has {tuple(shape)}")
-        if x.device != device:
-            raise ValueError(f"inputs[{i}] is on {x.device} but inputs[0] is on {device}: move them to one device")
-    for m, o in enumerate(outs or []):
-        if o.dtype not in MERGE_DTYPES:
-            raise ValueError(f"out[{m}] has dtype {o.dtype}; supported: float32, bfloat16, float16")
-        if o.shape != shape:
-            raise ValueError(f"out[{m}] has shape {tuple(o.shape)} but the inputs have {tuple(shape)}")
-        if o.device != device:
-            raise ValueError(f"out[{m}] is on {o.device} but the inputs are on {device}")
-    return xs, device
+    first = xs[0]
+    named = [(f"inputs[{i}]", x) for i, x in enumerate(xs)] + [(f"out[{m}]", o) for m, o in enumerate(outs or [])]
+    for name, t in named:
+        if t.dtype not in MERGE_DTYPES:
+            raise ValueError(f"{name} has dtype {t.dtype}; supported: float32, bfloat16, float16")
+        if t.shape != first.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)} but inputs[0] has {tuple(first.shape)}")
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but inputs[0] is on {first.device}: move them to one device")
+    return xs, first.device
 
 
 def _check_contiguous(tensors: Sequence[Tensor], what: str) -> None:
@@ -125,7 +120,7 @@ def _weight_matrix(weights: Tensor | Sequence, k: int, rows: int | None, *, sing
     if single and w.dim() == 1:
         w = w[None]
     if w.dim() != 2 or w.shape[1] != k or (rows is not None and w.shape[0] != rows) or (single and w.shape[0] != 1):
-        want = f"[{k}]" if single else f"[M={rows if rows is not None else 'M'}, K={k}]"
+        want = f"[{k}]" if single else f"[{rows if rows is not None else 'M'}, {k}]"
         raise ValueError(f"weights have shape {tuple(w.shape)}, expected {want} for {k} inputs")
     return w.contiguous()
 

@@ -25,6 +25,7 @@ import fcntl
 import logging
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ class _State:
 
 
 _state = _State()
+_load_lock = threading.Lock()
 
 
 def extensions_dir() -> Path:
@@ -121,28 +123,49 @@ def load_ops(*, raise_on_error: bool = False) -> object | None:
     On failure (no compiler, compile error, disabled) this logs ONE warning and returns None, so
     callers fall back to the pure-torch reference; with ``raise_on_error`` it raises instead.
     """
-    if not _state.attempted:
-        _state.attempted = True
-        t0 = time.perf_counter()
-        try:
-            if os.environ.get("SHARDMIX_DISABLE_EXTENSION", "") not in ("", "0"):
-                raise RuntimeError("disabled by SHARDMIX_DISABLE_EXTENSION")
-            _state.with_cuda = want_cuda()
-            _locked_build(_state.with_cuda, verbose=os.environ.get("SHARDMIX_BUILD_VERBOSE") == "1")
-            from . import _fake  # noqa: F401  (registers fake/meta kernels for the ops)
-
-            _state.ops = torch.ops.shardmix
-        except Exception as exc:  # any build failure must degrade to the reference path
-            _state.error = f"{type(exc).__name__}: {exc}".strip()
-            log.warning(
-                "shardmix C++/CUDA kernels unavailable, using the slower pure-torch reference "
-                "(reason: %s). Run `python -m pipeline.kernels.build` to see the full build log.",
-                _state.error.splitlines()[0][:500],
-            )
-        _state.seconds = time.perf_counter() - t0
+    with _load_lock:
+        _load_once()
     if _state.ops is None and raise_on_error:
         raise RuntimeError(f"shardmix extension unavailable: {_state.error}")
     return _state.ops
+
+
+def _load_once() -> None:
+    """Build and load once per process (caller holds ``_load_lock``); never raises."""
+    if _state.attempted:
+        return
+    _state.attempted = True
+    t0 = time.perf_counter()
+    try:
+        _state.ops = _build_and_load()
+    except Exception as exc:  # any build failure must degrade to the reference path
+        _state.error = f"{type(exc).__name__}: {exc}".strip()
+        log.warning(
+            "shardmix C++/CUDA kernels unavailable, using the slower pure-torch reference (reason: %s). "
+            "`python -m pipeline.kernels.build --verbose` shows the full build log.",
+            _state.error.splitlines()[0][:500],
+        )
+    _state.seconds = time.perf_counter() - t0
+
+
+def _build_and_load() -> object:
+    """CUDA + CPU kernels where possible, else CPU only; returns ``torch.ops.shardmix``."""
+    if os.environ.get("SHARDMIX_DISABLE_EXTENSION", "") not in ("", "0"):
+        raise RuntimeError("disabled by SHARDMIX_DISABLE_EXTENSION")
+    verbose = os.environ.get("SHARDMIX_BUILD_VERBOSE") == "1"
+    _state.with_cuda = want_cuda()
+    try:
+        _locked_build(_state.with_cuda, verbose)
+    except Exception as exc:
+        if not _state.with_cuda:
+            raise
+        log.warning("shardmix CUDA kernels failed to build (%s); building the CPU kernels only",
+                    str(exc).splitlines()[0][:300])
+        _state.with_cuda = False
+        _locked_build(False, verbose)
+    from . import _fake  # noqa: F401  (registers the fake kernels of the ops)
+
+    return torch.ops.shardmix
 
 
 def load_error() -> str | None:

@@ -1,0 +1,30 @@
+"""Validation mixtures: the seeded sample command and its params format."""
+
+from __future__ import annotations
+
+import yaml
+
+from pipeline.validation import ValidationConfig, main, sample, to_params
+from tests.conftest import REPO
+
+
+def test_sample_is_seeded_distinct_and_sized():
+    shards = [f"s{i}" for i in range(10)]
+    a = sample(shards, 12, [2, 3], seed=0)
+    assert a == sample(shards, 12, [2, 3], seed=0) and a != sample(shards, 12, [2, 3], seed=1)
+    assert len(set(a)) == 12 and [len(m) for m in a] == [2, 3] * 6
+    assert all(list(m) == sorted(m, key=shards.index) for m in a)
+
+
+def test_printed_params_validate(capsys):
+    assert main(["sample", "--params", str(REPO / "params.yaml"), "--n", "5", "--sizes", "2", "3", "4"]) == 0
+    section = yaml.safe_load(capsys.readouterr().out)["validation"]
+    cfg = ValidationConfig.model_validate(section)
+    assert len(cfg.mixtures) == 5
+    assert all("+".join(m.shards) == name for name, m in cfg.mixtures.items())
+
+
+def test_impossible_request_is_an_error(capsys):
+    assert main(["sample", "--params", str(REPO / "params.yaml"), "--sizes", "11"]) == 2
+    assert "--sizes" in capsys.readouterr().err
+    assert to_params([("a", "b")]).splitlines()[-1].strip() == "a+b: {shards: [a, b]}"
