@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,7 @@ def run_stage(main: Callable[[argparse.Namespace, Config], None], parser: argpar
     if not sys.stderr.isatty():  # library progress bars garble DVC and CI logs; ours log instead
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    signal.signal(signal.SIGTERM, _terminate)  # clean up temporary outputs when killed, as on Ctrl-C
     try:
         cfg = load_config(args.params)
         configure_threads(cfg.threads)
@@ -63,6 +65,10 @@ def run_stage(main: Callable[[argparse.Namespace, Config], None], parser: argpar
         log.error("interrupted; no partial output was kept")
         return 130
     return 0
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def configure_threads(threads: int) -> None:
