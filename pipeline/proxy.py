@@ -38,6 +38,7 @@ from typing import Any
 from pipeline.common import StageError, progress, provenance, run_stage, stage_parser
 from pipeline.config import Config, ConfigError
 from pipeline.merge import Mixture, MixturesConfig, load_mixtures_config, merge_many_into, resolve_mixtures, shard_token_counts
+from pipeline.validation import resolve_validation
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def score_all(mixtures: list[Mixture], shard_dirs: dict[str, Path], base: Path, 
                     out[mix.name] = {"shards": list(mix.shards), "weights": [round(w, 6) for w in mix.weights], "k": mix.k,
                                      "eval": _scores(evaluate(mdl, sets, batch_size, impl=impl))}
                     bar.update(1)
-                    bar.set_postfix(mixture=mix.name[:40])
+                    bar.set_postfix(mixture=mix.name[:40], refresh=False)
                 t_merge, t_eval = t_merge + (t1 - t0), t_eval + (time.perf_counter() - t1)
         finally:
             bar.close()
@@ -199,6 +200,9 @@ def main(args, cfg: Config) -> None:
     try:
         tokens = shard_token_counts(cfg.shards, args.tokens) if mcfg.weighting == "tokens" else None
         mixtures = resolve_mixtures(mcfg, names, tokens)
+        # the validation mixtures are always scored: the report compares them with their truth
+        known = {m.name for m in mixtures}
+        mixtures += [m for m in resolve_validation(cfg.validation, mcfg, names, tokens) if m.name not in known]
     except ValueError as e:
         raise ConfigError(f"{args.params}: {e}") from None
     domains = cfg.eval_domains(available_eval_domains(args.tokens))

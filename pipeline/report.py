@@ -1,7 +1,7 @@
 """Stage report: how well each proxy predicts the models actually trained on mixtures.
 
-For every validation mixture we have the truth (a model trained on the union of its shards,
-``metrics/truth/<mixture>.json``) and four proxies of its log-perplexity on each eval domain:
+For every validation mixture we have the truth (a model trained on the union of its shards; its
+per-token NLL ``data/nll/truth/<mixture>.npz``) and four proxies of its log-perplexity on each eval domain:
 
 * ``merged`` — the weighted parameter average of the shard models (``metrics/proxy.json``);
 * ``mean_shard_ppl`` — the mixture-weighted mean of the shard models' own log-perplexities;
@@ -101,47 +101,57 @@ def pooled_within(proxy_by_domain: dict[str, list[float]], truth_by_domain: dict
 # ---------------------------------------------------------------- proxies
 
 
-def ensemble_logppl(nll: dict[str, dict[str, np.ndarray]], shards: list[str], weights: list[float], domain: str) -> float:
-    """Mean over tokens of -log sum_k w_k exp(-nll_k): the weighted output-space ensemble."""
-    stack = np.stack([nll[s][domain].astype(np.float64) for s in shards])  # [K, T]
+def ensemble_logppl(nll: dict[str, dict[str, np.ndarray]], shards: list[str], weights: list[float], domain: str, n: int | None = None) -> float:
+    """Mean over the first ``n`` tokens of -log sum_k w_k exp(-nll_k): the weighted output-space ensemble."""
+    stack = np.stack([nll[s][domain][:n].astype(np.float64) for s in shards])  # [K, T]
     logw = np.log(np.asarray(weights, np.float64))[:, None]
     m = (logw - stack).max(axis=0)
     lse = m + np.log(np.exp(logw - stack - m).sum(axis=0))
     return float(-lse.mean())
 
 
-def collect(cfg: Config, args) -> dict:
-    """Truth and proxy log-perplexities per validation mixture and eval domain."""
+def load_nll(path: Path, what: str, fix: str) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise StageError(f"{path}: per-token NLL of {what} not found; rerun '{fix}'")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def collect(cfg: Config, args) -> list[dict]:
+    """Truth and proxy log-perplexities per validation mixture and eval domain.
+
+    Everything is measured on the same tokens: the proxy stage may score a prefix of each eval set
+    (``mixtures.eval_tokens``), so the truth and the shard baselines are taken from their
+    per-token NLL over exactly that prefix.
+    """
     proxy = read_json(args.proxy, "proxy metrics")
-    shard_eval = {s: read_json(args.shard_metrics / f"{s}.json", f"eval metrics of shard {s}")["eval"] for s in cfg.shards}
     if not cfg.validation.mixtures:
         raise StageError("params.yaml: validation.mixtures is empty; list the mixtures to train (python -m pipeline.validation sample)")
-    nll_cache: dict[str, dict[str, np.ndarray]] = {}
+    scored = proxy["eval"]["tokens"]
+    shard_nll: dict[str, dict[str, np.ndarray]] = {}
     rows = []
-    for name, mix in cfg.validation.mixtures.items():
+    for name in cfg.validation.mixtures:
         if name not in proxy["mixtures"]:
             raise StageError(f"{args.proxy}: no proxy score for validation mixture {name!r}; rerun 'dvc repro proxy'")
         entry = proxy["mixtures"][name]
         shards, weights = list(entry["shards"]), list(entry["weights"])
-        truth = read_json(args.truth / f"{name}.json", f"truth metrics of mixture {name}")["eval"]
+        truth = load_nll(args.truth_nll / f"{name}.npz", f"the model trained on {name}", f"dvc repro evaluate_mixture@{name}")
         for s in shards:
-            if s not in nll_cache:
-                path = args.nll / f"{s}.npz"
-                if not path.is_file():
-                    raise StageError(f"{path}: per-token NLL of shard {s} not found; rerun 'dvc repro evaluate@{s}'")
-                with np.load(path) as z:
-                    nll_cache[s] = {k: z[k] for k in z.files}
-        for d in truth:
-            logs = [math.log(shard_eval[s][d]["ppl"]) for s in shards]
+            if s not in shard_nll:
+                shard_nll[s] = load_nll(args.nll / f"{s}.npz", f"shard {s}", f"dvc repro evaluate@{s}")
+        for d, n in scored.items():
+            if len(truth[d]) < n:
+                raise StageError(f"{args.truth_nll / f'{name}.npz'}: {len(truth[d])} tokens for {d}, the proxy scored {n}; rerun 'dvc repro'")
+            logs = [float(shard_nll[s][d][:n].astype(np.float64).mean()) for s in shards]
             rows.append({
                 "mixture": name, "k": len(shards), "domain": d,
-                "truth": math.log(truth[d]["ppl"]),
+                "truth": float(truth[d][:n].astype(np.float64).mean()),
                 "merged": math.log(entry["eval"][d]["ppl"]),
                 "mean_shard_ppl": float(np.dot(weights, logs)),
                 "best_shard": min(logs),
-                "ensemble": ensemble_logppl(nll_cache, shards, weights, d),
+                "ensemble": ensemble_logppl(shard_nll, shards, weights, d, n),
             })
-    return {"rows": rows}
+    return rows
 
 
 def analyse(rows: list[dict], seen_domains: set[str]) -> dict:
@@ -238,8 +248,7 @@ def render_png(rows: list[dict], res: dict, out_dir: Path) -> None:
 
 
 def main(args, cfg: Config) -> None:
-    data = collect(cfg, args)
-    rows = data["rows"]
+    rows = collect(cfg, args)
     seen = {spec.domain for spec in cfg.shards.values()}
     res = analyse(rows, seen)
     write_csv(args.plots / "report_scatter.csv", ["mixture", "k", "domain", "truth", *PROXIES],
@@ -258,8 +267,7 @@ def main(args, cfg: Config) -> None:
 def cli(argv: list[str] | None = None) -> int:
     p = stage_parser(__doc__.splitlines()[0])
     p.add_argument("--proxy", type=Path, default=Path("metrics/proxy.json"))
-    p.add_argument("--truth", type=Path, default=Path("metrics/truth"))
-    p.add_argument("--shard-metrics", type=Path, default=Path("metrics/eval/shards"))
+    p.add_argument("--truth-nll", type=Path, default=Path("data/nll/truth"))
     p.add_argument("--nll", type=Path, default=Path("data/nll/shards"))
     p.add_argument("--out", type=Path, default=Path("metrics/report.json"))
     p.add_argument("--plots", type=Path, default=Path("plots"))

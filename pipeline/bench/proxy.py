@@ -12,8 +12,9 @@ windows of real text, each method in its own subprocess (peak RSS = that process
 - ``ours``: one resident model; ``merge_into`` from the memory-mapped shards; streaming eval.
 - ``naive``: load the K state dicts, average into a new state dict, load it into a fresh model,
   evaluate with full logits via ``model(input_ids, labels=...)``.
-- ``mergekit``: mergekit's linear merge written to disk, loaded, the same full-logits evaluation
-  (null with the reason when mergekit cannot be imported).
+- ``mergekit``: mergekit's linear merge (``run_merge`` in-process) written to disk, loaded, the
+  same full-logits evaluation (null with the reason when mergekit cannot be imported);
+  ``mergekit_cli``: the same through the ``mergekit-yaml`` command, as mergekit documents its use.
 - ``safe_open``: ours, but reading each tensor with ``safetensors.safe_open().get_tensor`` (a copy)
   instead of zero-copy ``torch.frombuffer`` views over ``mmap`` (the read-path comparison).
 - ``eval_only``: the resident model evaluated with no merging: the floor for time and memory.
@@ -231,7 +232,7 @@ def worker(method: str, spec: dict) -> dict:
             r = evaluate(model, [eset], batch)["bench"]
             t2 = time.perf_counter()
             times.append(t2 - t0), merge_s.append(t1 - t0), eval_s.append(t2 - t1), ppl.append(r["ppl"])
-    elif method in ("naive", "mergekit"):
+    elif method in ("naive", "mergekit", "mergekit_cli"):
         from safetensors.torch import load_file
         from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -248,7 +249,7 @@ def worker(method: str, spec: dict) -> dict:
                 del avg
             else:
                 out = Path(spec["scratch"]) / f"mergekit-{i}"
-                _mergekit_linear(shards, w, out)
+                _mergekit_linear(shards, w, out, cli=method == "mergekit_cli")
                 model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
                 shutil.rmtree(out, ignore_errors=True)
             model.eval()
@@ -279,14 +280,26 @@ def _merge_safe_open(model, weights: list[float], shards: list[Path]) -> None:
                 weighted_sum([h.get_tensor(name) for h in handles], weights, p.data)
 
 
-def _mergekit_linear(shards: list[Path], weights: list[float], out: Path) -> None:
+def _mergekit_linear(shards: list[Path], weights: list[float], out: Path, cli: bool = False) -> None:
+    """mergekit's linear merge of ``shards`` written to ``out``: in-process (``run_merge``) or, as
+    its documentation runs it, with the ``mergekit-yaml`` command (a fresh process per merge)."""
+    config = {"merge_method": "linear", "dtype": "float32", "parameters": {"normalize": True},
+              "models": [{"model": str(p), "parameters": {"weight": w}} for p, w in zip(shards, weights) if w]}
+    if cli:
+        import yaml
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cfg_file = out.with_suffix(".yml")
+        cfg_file.write_text(yaml.safe_dump(config))
+        exe = Path(sys.executable).with_name("mergekit-yaml")
+        subprocess.run([str(exe), str(cfg_file), str(out), "--no-copy-tokenizer", "--no-write-model-card", "--quiet"],
+                       check=True, capture_output=True)
+        return
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
-    cfg = MergeConfiguration.model_validate({
-        "merge_method": "linear", "dtype": "float32", "parameters": {"normalize": True},
-        "models": [{"model": str(p), "parameters": {"weight": w}} for p, w in zip(shards, weights) if w]})
-    run_merge(cfg, str(out), MergeOptions(copy_tokenizer=False, quiet=True, write_model_card=False))
+    run_merge(MergeConfiguration.model_validate(config), str(out),
+              MergeOptions(copy_tokenizer=False, quiet=True, write_model_card=False))
 
 
 def run_worker(method: str, spec: dict, timeout: float = 3600) -> dict:
@@ -365,7 +378,7 @@ def bench(args) -> dict:
         shard_root = root / "tiny-shards"
     else:
         seed = ensure_smollm2()
-        k, m, windows, seq_len, batch, ks_rss = args.k or 8, args.mixtures or 3, args.windows or 2, 256, 2, [2, 16]
+        k, m, windows, seq_len, batch, ks_rss = args.k or 8, args.mixtures or 5, args.windows or 2, 256, 2, [2, 16]
         shard_root = root / "smollm2-shards"
     all_shards = ensure_shards(seed, shard_root, max([k, *ks_rss]))
     tokens = ensure_eval_tokens(seed, root / Path(seed).name, windows, seq_len, real_text=not quick)
@@ -383,10 +396,10 @@ def bench(args) -> dict:
 
     warm([p / "model.safetensors" for p in all_shards[: max([k, *ks_rss])]] + [seed / "model.safetensors"])
     main_spec = spec(k)
-    methods = ["ours", "naive", "mergekit"] + ([] if quick else ["safe_open", "eval_only"])
+    methods = ["ours", "naive", "mergekit"] + ([] if quick else ["mergekit_cli", "safe_open", "eval_only"])
     res = {}
     for meth in methods:
-        if meth == "mergekit":
+        if meth.startswith("mergekit"):
             try:
                 import mergekit  # noqa: F401
             except ImportError as e:
@@ -417,6 +430,11 @@ def bench(args) -> dict:
             if res[meth].get("s_per_mixture"):
                 out[f"speedup_vs_{meth}"] = round(res[meth]["s_per_mixture"] / ours["s_per_mixture"], 2)
                 out[f"merge_speedup_vs_{meth}"] = round(res[meth]["merge_s"] / max(ours["merge_s"], 1e-9), 1)
+    if "mergekit_cli" in res:
+        cli = res["mergekit_cli"]
+        out["mergekit_cli_s_per_mixture"] = _r(cli.get("s_per_mixture"))
+        if cli.get("s_per_mixture") and ours.get("s_per_mixture"):
+            out["speedup_vs_mergekit_cli"] = round(cli["s_per_mixture"] / ours["s_per_mixture"], 2)
     for meth in ("safe_open", "eval_only"):
         if meth in res and "peak_rss_mb" in res[meth]:
             out[f"{meth}_merge_s"] = _r(res[meth]["merge_s"])
@@ -460,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny random model, K=4: under a minute")
     p.add_argument("--json", action="store_true", help="print only the JSON line")
     p.add_argument("--k", type=int, default=None, help="shards (default 8; quick 4)")
-    p.add_argument("--mixtures", type=int, default=None, help="mixtures per method (default 3)")
+    p.add_argument("--mixtures", type=int, default=None, help="mixtures per method (default 5; quick 3)")
     p.add_argument("--windows", type=int, default=None, help="eval windows per mixture (default 2 x 256 tokens; quick 4 x 64)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--stage", action="store_true", help="also time the proxy stage on the default-size model")
