@@ -19,7 +19,7 @@ from pipeline.merge import MixturesConfig
 from pipeline.validation import ValidationConfig
 
 DEFAULT_PARAMS = Path("params.yaml")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 class ConfigError(ValueError):
@@ -37,7 +37,7 @@ Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
 def check_name(name: str, what: str) -> str:
     if not NAME_RE.match(name):
         raise ValueError(
-            f"{what} name {name!r} is not usable as a file name: use letters, digits, '_', '.', '-'"
+            f"{what} name {name!r} is not usable as a file name: use letters, digits, '_', '.', '-', '+'"
         )
     return name
 
@@ -167,21 +167,19 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
+        known = set(self.prepare.domains)
+        if not self.prepare.local:  # domains of local files are only known after reading them (prepare checks)
+            for name, spec in self.shards.items():
+                if spec.domain not in known:
+                    raise ValueError(
+                        f"shards.{name}.domain: unknown domain {spec.domain!r}; "
+                        f"known: {sorted(known)} (add it to prepare.domains)"
+                    )
+            for d in self.eval.domains or []:
+                if d not in known:
+                    raise ValueError(f"eval.domains: unknown domain {d!r}; known: {sorted(known)}")
         self.mixtures.check_shards(list(self.shards))
         self.validation.check_shards(list(self.shards))
-        known = set(self.prepare.domains)
-        if self.prepare.local:
-            # domains of local files are only known after reading them; checked by prepare
-            return self
-        for name, spec in self.shards.items():
-            if spec.domain not in known:
-                raise ValueError(
-                    f"shards.{name}.domain: unknown domain {spec.domain!r}; "
-                    f"known: {sorted(known)} (add it to prepare.domains)"
-                )
-        for d in self.eval.domains or []:
-            if d not in known:
-                raise ValueError(f"eval.domains: unknown domain {d!r}; known: {sorted(known)}")
         pieces: dict[tuple[str, int], str] = {}
         for name, spec in self.shards.items():
             key = (spec.domain, spec.of, spec.piece)

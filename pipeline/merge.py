@@ -24,6 +24,7 @@ import itertools
 import logging
 import math
 import random
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 MAX_GENERATED = 100_000  # more candidate mixtures than this is a params mistake, not a plan
 CHUNK_BYTES = 64 << 20  # shard bytes read per fused-kernel call (bounds resident mmap pages)
 SEP = "+"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # mixture names: file-safe, '+' allowed
 
 
 # ---------------------------------------------------------------- params
@@ -98,10 +100,12 @@ class MixturesConfig(_Section):
     @field_validator("explicit")
     @classmethod
     def _names(cls, explicit: dict[str, ExplicitMixture]) -> dict[str, ExplicitMixture]:
-        from pipeline.config import check_name
-
-        for name in explicit:
-            check_name(name, "mixture")
+        for name, mix in explicit.items():
+            if not NAME_RE.match(name):
+                raise ValueError(f"mixture name {name!r} is not usable as a file name: use letters, digits, '_', '.', '-', '+'")
+            if SEP in name and name.split(SEP) != list(mix.shards):
+                raise ValueError(f"mixture name {name!r} has '{SEP}' but its shards are {list(mix.shards)}: a name with "
+                                 f"'{SEP}' must be its shards joined by '{SEP}' (in the same order); or drop the '{SEP}'")
         return explicit
 
     @field_validator("shards")

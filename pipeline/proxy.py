@@ -1,6 +1,7 @@
 """Stage proxy: score every candidate mixture by merging the shard models, never by training.
 
-``python -m pipeline.proxy`` reads the ``mixtures:`` section of params.yaml, the shard models
+``python -m pipeline.proxy`` reads the ``mixtures:`` and ``validation:`` sections of params.yaml
+(every validation mixture is scored too, flagged ``"validation": true``), the shard models
 ``models/shards/<shard>/`` and the seed ``models/base/``, and for every candidate mixture x every
 eval domain writes the merged model's token perplexity and bits-per-byte; each shard model alone
 and the seed are scored the same way, on the same windows, as references.
@@ -14,8 +15,8 @@ merge with weight 1 on that shard. References are recomputed here rather than re
 
 Outputs (both written at the end, atomically; nothing is written on error):
 
-- ``metrics/proxy.json``: ``{"mixtures": {NAME: {"shards", "weights", "k", "eval": {DOMAIN:
-  {"ppl", "bpb"}}}}, "shards": {...each shard alone...}, "seed": {"eval": ...}, "eval": {...},
+- ``metrics/proxy.json``: ``{"mixtures": {NAME: {"shards", "weights", "k", "validation", "eval":
+  {DOMAIN: {"ppl", "bpb"}}}}, "shards": {...each shard alone...}, "seed": {"eval": ...}, "eval": {...},
   "cost": {...}, "made_by": {...}}``
 - ``plots/proxy.csv``: long format ``mixture,k,domain,ppl,bpb,bpb_vs_seed`` (seed: ``(seed)``, k=0;
   shards k=1), drawn as a mixture x domain heatmap by the ``heatmap`` DVC template
@@ -191,30 +192,51 @@ def write_outputs(metrics: dict[str, Any], out_json: Path, out_csv: Path) -> Non
             tmp.unlink(missing_ok=True)
 
 
+def candidates(cfg: Config, mcfg: MixturesConfig, tokens_dir: Path, params: Path) -> tuple[list[Mixture], set[str]]:
+    """The candidate mixtures of ``mixtures:`` plus every validation mixture (which the report
+    compares with the truth), and the names of the validation ones.
+
+    Raises ConfigError naming the params key: unknown shard, or a validation mixture that has
+    the name of a candidate but other shards or weights.
+    """
+    names = list(cfg.shards)
+    try:
+        tokens = shard_token_counts(cfg.shards, tokens_dir) if mcfg.weighting == "tokens" else None
+        mixtures = resolve_mixtures(mcfg, names, tokens)
+        extra = resolve_validation(cfg.validation, mcfg, names, tokens)
+    except ValueError as e:
+        raise ConfigError(f"{params}: {e}") from None
+    by_name = {m.name: m for m in mixtures}
+    for v in extra:
+        have = by_name.get(v.name)
+        if have is None:
+            mixtures.append(v)
+            by_name[v.name] = v
+        elif have.shards != v.shards or any(abs(a - b) > 1e-12 for a, b in zip(have.weights, v.weights)):
+            raise ConfigError(f"{params}: validation.mixtures.{v.name} has weights {list(v.weights)} but the candidate mixture "
+                              f"of that name has {list(have.weights)}; give the validation mixture another name")
+    return mixtures, {v.name for v in extra}
+
+
 def main(args, cfg: Config) -> None:
     from pipeline.evaluate import available_eval_domains, load_eval_sets
     from pipeline.model import load_tokenizer
 
     mcfg: MixturesConfig = load_mixtures_config(cfg.mixtures, str(args.params))
+    mixtures, validation = candidates(cfg, mcfg, args.tokens, args.params)
     names = list(cfg.shards)
-    try:
-        tokens = shard_token_counts(cfg.shards, args.tokens) if mcfg.weighting == "tokens" else None
-        mixtures = resolve_mixtures(mcfg, names, tokens)
-        # the validation mixtures are always scored: the report compares them with their truth
-        known = {m.name for m in mixtures}
-        mixtures += [m for m in resolve_validation(cfg.validation, mcfg, names, tokens) if m.name not in known]
-    except ValueError as e:
-        raise ConfigError(f"{args.params}: {e}") from None
     domains = cfg.eval_domains(available_eval_domains(args.tokens))
     if not domains:
         raise StageError(f"{args.tokens / 'eval'}: no eval token files; rerun 'dvc repro tokenize'")
     sets = load_eval_sets(args.tokens, domains, cfg.eval.seq_len)
     if mcfg.eval_tokens is not None:
         sets = cap_eval_sets(sets, mcfg.eval_tokens, load_tokenizer(args.base))
-    log.info("proxy: %d mixtures of %d shards x %d eval domains (%d tokens each at most)", len(mixtures), len(names),
-             len(sets), max(e.predicted for e in sets))
+    log.info("proxy: %d mixtures (%d validation) of %d shards x %d eval domains (%d tokens each at most)", len(mixtures),
+             len(validation), len(names), len(sets), max(e.predicted for e in sets))
     metrics = score_all(mixtures, {s: args.shards_dir / s for s in names}, args.base, sets, cfg.eval.batch_size,
                         at_once=mcfg.at_once)
+    for name, entry in metrics["mixtures"].items():
+        entry["validation"] = name in validation
     metrics["made_by"] = provenance("proxy", cfg, mixtures=mcfg.model_dump(), eval=cfg.eval.model_dump())
     write_outputs(metrics, args.out, args.plot)
     c = metrics["cost"]

@@ -42,6 +42,7 @@ def test_unknown_domain_in_shard(tmp_path, tiny_params):
     tiny_params["prepare"]["local"] = []
     tiny_params["prepare"]["domains"] = ["news_bbc"]
     tiny_params["shards"] = {"x": {"domain": "nope"}}
+    tiny_params["validation"] = {"mixtures": {}}
     msg = _error(tmp_path, tiny_params)
     assert "shards.x.domain" in msg and "nope" in msg and "prepare.domains" in msg
 
@@ -65,6 +66,7 @@ def test_same_data_twice_and_bad_name(tmp_path, tiny_params):
     tiny_params["prepare"]["local"] = []
     tiny_params["prepare"]["domains"] = ["news_bbc"]
     tiny_params["shards"] = {"a": {"domain": "news_bbc"}, "b": {"domain": "news_bbc"}}
+    tiny_params["validation"] = {"mixtures": {}}
     assert "same data" in _error(tmp_path, tiny_params)
     tiny_params["shards"] = {"a b": {"domain": "news_bbc"}}
     assert "not usable as a file name" in _error(tmp_path, tiny_params)
@@ -76,3 +78,9 @@ def test_missing_or_broken_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("seed: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_mixture_with_unknown_shard_names_the_key(tmp_path, tiny_params):
+    tiny_params["validation"]["mixtures"]["code+nope"] = {"shards": ["code", "nope"]}
+    msg = _error(tmp_path, tiny_params)
+    assert "validation.mixtures.code+nope.shards" in msg and "nope" in msg

@@ -65,6 +65,10 @@ def test_weighting_uniform_tokens_and_explicit_ratios():
     mixes = {m.name: m for m in resolve_mixtures(MixturesConfig.model_validate(raw), SHARDS, TOKENS)}
     assert mixes["plain"].weights == pytest.approx((300 / 1900, 600 / 1900, 1000 / 1900))
     assert math.fsum(mixes["plain"].weights) == pytest.approx(1.0, abs=1e-15)
+    # an explicit mixture named like a generated one replaces it
+    over = MixturesConfig.model_validate({"explicit": {"a+b": {"shards": ["a", "b"], "ratios": [1, 1]}}, "subsets": [{"k": 2}]})
+    mixes = resolve_mixtures(over, SHARDS, TOKENS)
+    assert [m.name for m in mixes].count("a+b") == 1 and mixes[0].weights == (0.5, 0.5)
     restricted = MixturesConfig.model_validate({"shards": ["d", "b", "a"], "subsets": [{"k": 2}]})
     assert [m.name for m in resolve_mixtures(restricted, SHARDS, TOKENS)] == ["a+b", "a+d", "b+d"]
 
@@ -77,6 +81,7 @@ def test_weighting_uniform_tokens_and_explicit_ratios():
     ({"explicit": {"x": {"shards": ["a", "b"], "ratios": [1]}}}, "mixtures.explicit.x", "1 ratios for 2 shards"),
     ({"explicit": {"x": {"shards": ["a"], "ratios": [0]}}}, "mixtures.explicit.x", "sum to 0"),
     ({"explicit": {"bad name": {"shards": ["a"]}}}, "mixtures.explicit", "not usable"),
+    ({"explicit": {"a+b": {"shards": ["b", "a"]}}}, "mixtures.explicit", "must be its shards joined by '+'"),
     ({"subsets": [{"k": 0}]}, "mixtures.subsets.0.k", "greater than or equal to 1"),
     ({"subsets": [], "explicit": {}}, "mixtures", "no mixtures"),
     ({"weighting": "by-vibes"}, "mixtures.weighting", "'tokens' or 'uniform'"),

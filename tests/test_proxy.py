@@ -145,6 +145,24 @@ def test_proxy_scores_equal_scoring_the_models_directly(proj: Path, monkeypatch)
         assert m["mixtures"]["code+legal"]["eval"][d]["bpb"] == pytest.approx(mixed[d]["bpb"], rel=1e-4)
 
 
+def test_validation_mixtures_are_scored_and_flagged(proj: Path, monkeypatch, caplog):
+    params = yaml.safe_load((proj / "params.yaml").read_text())
+    params["validation"] = {"mixtures": {"code+prose": {"shards": ["code", "prose"]},  # also a candidate
+                                         "legal+code": {"shards": ["legal", "code"], "ratios": [1, 1]}}}
+    write_params(proj / "params.yaml", params)
+    assert run_proxy(proj, monkeypatch) == 0
+    m = json.loads((proj / "metrics/proxy.json").read_text())["mixtures"]
+    assert m["legal+code"]["validation"] and m["legal+code"]["weights"] == [0.5, 0.5]
+    assert m["code+prose"]["validation"] and not m["code+legal"]["validation"] and len(m) == 6
+    (proj / "metrics/proxy.json").unlink()
+    (proj / "plots/proxy.csv").unlink()
+    params["validation"]["mixtures"]["code+legal"] = {"shards": ["code", "legal"], "ratios": [1, 1]}  # clashes
+    write_params(proj / "params.yaml", params)
+    assert run_proxy(proj, monkeypatch) == 2
+    assert "validation.mixtures.code+legal has weights [0.5, 0.5] but the candidate mixture" in caplog.text
+    assert_no_outputs(proj)
+
+
 def _missing(root: Path) -> str:
     shutil.rmtree(root / "models/shards/prose")
     return "models/shards/prose: checkpoint folder not found"
