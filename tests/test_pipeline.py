@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import dvc, run_module, write_jsonl, write_params
+from tests.conftest import dvc, git, run_module, write_jsonl, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +75,19 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     assert stale == {"train@code-b", "evaluate@code-b", "proxy"}, status  # report follows from proxy's new output
     ran = stages_run(dvc(project, "repro").stdout)
     assert sorted(ran) == ["evaluate@code-b", "proxy", "report", "train@code-b"], ran
+
+    # the experiment workflow of the README: a changed recipe, then compare
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "baseline")
+    before = json.loads((project / "metrics/report.json").read_text())
+    out = dvc(project, "exp", "run", "-S", "train.lr=0.002", "-n", "lr-test").stdout
+    assert {"train@code", "train_mixture@code+prose", "proxy", "report"} <= set(stages_run(out)), out
+    assert {"prepare", "tokenize", "base"}.isdisjoint(stages_run(out)), out
+    shown = dvc(project, "exp", "show", "--json").stdout
+    assert "lr-test" in shown and '"lr": 0.002' in shown
+    diff = dvc(project, "exp", "diff", "--md").stdout
+    assert "metrics/report.json" in diff and "train.lr" in diff, diff
+    assert json.loads((project / "metrics/report.json").read_text()) != before
 
 
 def test_truncated_corpus_file_is_a_clear_error_and_writes_nothing(project: Path):
