@@ -168,8 +168,27 @@ def analyse(rows: list[dict], seen_domains: set[str]) -> dict:
         for label, ds in (("mean", domains), ("seen", out["domains"]["seen"]), ("unseen", out["domains"]["unseen"])):
             entry[label] = {m: nanmean([per_domain[d][m] for d in ds]) for m in METRICS} if ds else None
         entry["pooled_within_domain_pearson"] = pooled_within(px, tx)
+        entry["by_size"] = by_size(rows, p, domains)
         entry["mean_abs_error_nats"] = float(np.mean([abs(r[p] - r["truth"]) for r in rows]))
         out["proxies"][p] = entry
+    return out
+
+
+def by_size(rows: list[dict], proxy: str, domains: list[str]) -> dict[str, dict[str, float]]:
+    """Mean over domains of the scores among the mixtures of one size k only (when a size has >= 3).
+
+    A diagnostic: across sizes, a truth model of k shards trains k units while a k-way average
+    moves each shard's share 1/k of the way, so sizes can disagree where one size ranks well.
+    """
+    out = {}
+    for k in sorted({r["k"] for r in rows}):
+        per = []
+        for d in domains:
+            rs = [r for r in rows if r["domain"] == d and r["k"] == k]
+            if len(rs) >= 3:
+                per.append(scores([r[proxy] for r in rs], [r["truth"] for r in rs]))
+        if per:
+            out[str(k)] = {m: nanmean([s[m] for s in per]) for m in METRICS}
     return out
 
 
@@ -190,6 +209,13 @@ def summary_markdown(res: dict) -> str:
     for p, e in res["proxies"].items():
         pe = " / ".join(fmt(e[k]["pearson"] if e[k] else None) for k in ("mean", "seen", "unseen"))
         lines.append(f"| {p} | {pe} | {fmt(e['mean']['spearman'])} | {fmt(e['mean']['pairwise_acc'])} | {fmt(e['pooled_within_domain_pearson'])} | {fmt(e['mean_abs_error_nats'])} |")
+    sizes = sorted({k for e in res["proxies"].values() for k in e.get("by_size", {})}, key=int)
+    if len(sizes) > 1:
+        lines += ["", "Within mixtures of one size only (mean over domains of Pearson / Spearman / pairwise acc):", "",
+                  "| proxy | " + " | ".join(f"k = {k}" for k in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for p, e in res["proxies"].items():
+            cells = [" / ".join(fmt(e["by_size"][k][m]) for m in METRICS) if k in e["by_size"] else "–" for k in sizes]
+            lines.append(f"| {p} | " + " | ".join(cells) + " |")
     lines += ["", "## Per eval domain (merged proxy)", "", "| domain | seen | Pearson | Spearman | pairwise acc |", "|---|---|---|---|---|"]
     for d, s in res["proxies"]["merged"]["domains"].items():
         lines.append(f"| {d} | {'yes' if d in res['domains']['seen'] else 'no'} | {fmt(s['pearson'])} | {fmt(s['spearman'])} | {fmt(s['pairwise_acc'])} |")

@@ -92,7 +92,7 @@ def tokenize_split(files: dict[str, Path], tokenizer, num_proc: int):
         return {"ids": [[eot, *ids] for ids in enc], "n_bytes": [len(t.encode()) for t in batch["text"]]}
 
     cols = next(iter(ds.values())).column_names
-    return ds.map(encode, batched=True, batch_size=256, num_proc=num_proc if len(files) > 0 else None, remove_columns=cols, desc="tokenize")
+    return ds.map(encode, batched=True, batch_size=256, num_proc=num_proc, remove_columns=cols, desc="tokenize")
 
 
 def write_tokens(path: Path, ids: np.ndarray, meta: dict) -> None:

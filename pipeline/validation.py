@@ -12,6 +12,7 @@ of distinct mixtures in params format, to paste under ``validation:``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import sys
 from collections.abc import Sequence
@@ -41,23 +42,70 @@ def resolve_validation(vcfg: ValidationConfig, mcfg: MixturesConfig, shards: Seq
     return resolve_mixtures(only, shards, tokens)
 
 
-def sample(shards: Sequence[str], n: int, sizes: Sequence[int], seed: int) -> list[tuple[str, ...]]:
-    """``n`` distinct mixtures, sizes cycling through ``sizes``, shards in params order; seeded."""
+def sample(shards: Sequence[str], n: int, sizes: Sequence[int], seed: int, tries: int = 200) -> list[tuple[str, ...]]:
+    """``n`` distinct mixtures, sizes cycling through ``sizes``, shards in params order; seeded.
+
+    The draw is balanced, as a designed experiment would be: every shard is in (as nearly as
+    possible) the same number of mixtures, and no pair of shards meets much more often than
+    another. A per-domain correlation across mixtures contrasts the mixtures that hold the domain
+    with those that do not; a shard drawn into one mixture of twelve leaves that contrast to a
+    single point. Of ``tries`` seeded greedy draws (each shard picked among the least used so far,
+    ties broken at random), the one with the smallest spread of shard counts, then of pair counts,
+    is kept.
+    """
+    if not all(1 <= k <= len(shards) for k in sizes):
+        raise ValueError(f"mixture sizes {list(sizes)} must be between 1 and the {len(shards)} shards")
     rng = random.Random(seed)
-    out: list[tuple[str, ...]] = []
-    seen: set[tuple[str, ...]] = set()
-    attempts = 0
-    while len(out) < n:
-        k = sizes[len(out) % len(sizes)]
-        pick = tuple(sorted(rng.sample(range(len(shards)), k)))
-        attempts += 1
-        if attempts > 100 * n:
-            raise ValueError(f"cannot draw {n} distinct mixtures of sizes {list(sizes)} from {len(shards)} shards")
-        if pick in seen:
+    best, best_key = None, None
+    for _ in range(tries):
+        draw = _greedy_draw(len(shards), n, sizes, rng)
+        if draw is None:
             continue
+        key = _imbalance(draw, len(shards))
+        if best_key is None or key < best_key:
+            best, best_key = draw, key
+    if best is None:
+        raise ValueError(f"cannot draw {n} distinct mixtures of sizes {list(sizes)} from {len(shards)} shards")
+    return [tuple(shards[i] for i in pick) for pick in best]
+
+
+def _greedy_draw(n_shards: int, n: int, sizes: Sequence[int], rng: random.Random) -> list[tuple[int, ...]] | None:
+    use = [0] * n_shards
+    out: list[tuple[int, ...]] = []
+    seen: set[tuple[int, ...]] = set()
+    for i in range(n):
+        k = sizes[i % len(sizes)]
+        for _attempt in range(50):
+            order = sorted(range(n_shards), key=lambda s: (use[s], rng.random()))
+            pick = tuple(sorted(order[:k]))
+            if pick not in seen:
+                break
+            # the least-used shards already form a drawn mixture: swap one for a random other
+            rest = order[k:]
+            if not rest:
+                return None
+            j = rng.randrange(k)
+            pick = tuple(sorted(order[:j] + order[j + 1:k] + [rng.choice(rest)]))
+            if pick not in seen:
+                break
+        else:
+            return None
         seen.add(pick)
-        out.append(tuple(shards[i] for i in pick))
+        out.append(pick)
+        for s in pick:
+            use[s] += 1
     return out
+
+
+def _imbalance(draw: list[tuple[int, ...]], n_shards: int) -> tuple[int, int, int]:
+    use = [0] * n_shards
+    pairs: dict[tuple[int, int], int] = {}
+    for pick in draw:
+        for s in pick:
+            use[s] += 1
+        for p in itertools.combinations(pick, 2):
+            pairs[p] = pairs.get(p, 0) + 1
+    return max(use) - min(use), max(pairs.values(), default=0), sum(c * c for c in pairs.values())
 
 
 def to_params(mixtures: list[tuple[str, ...]]) -> str:
@@ -73,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("sample", help="print validation mixtures to paste into params.yaml")
     s.add_argument("--params", default="params.yaml")
-    s.add_argument("--n", type=int, default=12, help="how many mixtures (default: %(default)s)")
+    s.add_argument("--n", type=int, default=20, help="how many mixtures (default: %(default)s)")
     s.add_argument("--sizes", type=int, nargs="+", default=[2, 3], help="mixture sizes, cycled (default: 2 3)")
     s.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

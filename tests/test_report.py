@@ -63,3 +63,20 @@ def test_analyse_structure_and_seen_split():
     assert merged["mean"] == {"pearson": pytest.approx(1.0), "spearman": pytest.approx(1.0), "pairwise_acc": 1.0}
     assert res["proxies"]["mean_shard_ppl"]["mean"]["pairwise_acc"] == 0.0
     assert res["domains"] == {"seen": ["seen_d"], "unseen": ["unseen_d"]}
+
+
+def test_by_size_ranks_within_each_size():
+    """A proxy that ranks perfectly within each size but is offset between sizes: by_size sees 1.0."""
+    rows = []
+    for k in (2, 3):
+        for i in range(4):
+            t = float(i)
+            rows.append({"mixture": f"m{k}{i}", "k": k, "domain": "d", "truth": t, "merged": t + (5.0 if k == 3 else 0.0),
+                         "mean_shard_ppl": -t, "best_shard": t, "ensemble": t})
+    res = analyse(rows, {"d"})
+    merged = res["proxies"]["merged"]
+    assert merged["by_size"] == {"2": {"pearson": pytest.approx(1.0), "spearman": pytest.approx(1.0), "pairwise_acc": 1.0},
+                                 "3": {"pearson": pytest.approx(1.0), "spearman": pytest.approx(1.0), "pairwise_acc": 1.0}}
+    # across sizes the offset costs it: the 16 cross-size pairs where truth is lower for k=3 but proxy is higher
+    assert merged["mean"]["pairwise_acc"] < 1.0
+    assert res["proxies"]["mean_shard_ppl"]["by_size"]["2"]["spearman"] == pytest.approx(-1.0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
+
 import yaml
 
 from pipeline.validation import ValidationConfig, main, sample, to_params
@@ -14,6 +17,25 @@ def test_sample_is_seeded_distinct_and_sized():
     assert a == sample(shards, 12, [2, 3], seed=0) and a != sample(shards, 12, [2, 3], seed=1)
     assert len(set(a)) == 12 and [len(m) for m in a] == [2, 3] * 6
     assert all(list(m) == sorted(m, key=shards.index) for m in a)
+
+
+def test_sample_is_balanced():
+    """Every shard in the same number of mixtures (+-1), no pair of shards in more than two."""
+    shards = [f"s{i}" for i in range(10)]
+    for n, sizes in [(20, [2, 3]), (12, [2, 3]), (7, [2, 3, 4])]:
+        mixes = sample(shards, n, sizes, seed=3)
+        use = Counter(s for m in mixes for s in m)
+        assert len(set(mixes)) == n and set(use) <= set(shards)
+        assert max(use.values()) - min(use.get(s, 0) for s in shards) <= 1, (n, sizes, use)
+        pairs = Counter(p for m in mixes for p in itertools.combinations(m, 2))
+        assert max(pairs.values()) <= 2, pairs
+    # an unbalanced draw of the old kind (plain random) would typically leave a shard in one mixture of 12
+    assert min(Counter(s for m in sample(shards, 12, [2, 3], seed=0) for s in m).values()) >= 2
+
+
+def test_all_subsets_can_be_drawn():
+    shards = ["a", "b", "c", "d"]
+    assert sorted(sample(shards, 6, [2], seed=0)) == sorted(itertools.combinations(shards, 2))
 
 
 def test_printed_params_validate(capsys):

@@ -430,6 +430,12 @@ def bench(args) -> dict:
             if res[meth].get("s_per_mixture"):
                 out[f"speedup_vs_{meth}"] = round(res[meth]["s_per_mixture"] / ours["s_per_mixture"], 2)
                 out[f"merge_speedup_vs_{meth}"] = round(res[meth]["merge_s"] / max(ours["merge_s"], 1e-9), 1)
+        # Amdahl: every method runs the same evaluation, so no merge, however fast, can beat
+        # (their seconds per mixture) / (our evaluation alone) at this eval size.
+        for meth in ("naive", "mergekit"):
+            if res[meth].get("s_per_mixture") and ours.get("eval_s"):
+                out[f"ceiling_speedup_vs_{meth}"] = round(res[meth]["s_per_mixture"] / ours["eval_s"], 2)
+        out["eval_share_of_ours"] = round(ours["eval_s"] / ours["s_per_mixture"], 3)
     if "mergekit_cli" in res:
         cli = res["mergekit_cli"]
         out["mergekit_cli_s_per_mixture"] = _r(cli.get("s_per_mixture"))
