@@ -461,21 +461,23 @@ def _r(x: float | None, nd: int = 3) -> float | None:
 
 
 def write_csv(row: dict, quick: bool) -> Path:
+    """Append ``row`` to ``results/proxy[_quick].csv``. When the columns changed, the file is
+    rewritten (atomically) with the union of the columns, so earlier runs stay beside the new one."""
     path = RESULTS / ("proxy_quick.csv" if quick else "proxy.csv")
     flat = {"date": time.strftime("%Y-%m-%d %H:%M"), **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()}}
-    new = not path.exists()
-    if not new:
-        with open(path) as f:
-            header = next(csv.reader(f), [])
-        if header != list(flat):
-            path.rename(path.with_suffix(".old.csv"))
-            new = True
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    fields = list(flat) + [k for r in rows for k in r if k not in flat]
+    fields = list(dict.fromkeys(fields))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(flat))
-        if new:
-            w.writeheader()
-        w.writerow(flat)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows([*rows, flat])
+    os.replace(tmp, path)
     return path
 
 
