@@ -9,6 +9,10 @@ per-token NLL ``data/nll/truth/<mixture>.npz``) and four proxies of its log-perp
 * ``ensemble`` — the output-space ensemble: per token, the weighted mean of the shard models'
   probabilities of the target (from their per-token NLL, ``data/nll/shards/<shard>.npz``).
 
+With ``--replicate DIR`` (per-token NLL of the truth models trained again with another data
+order: ``python -m pipeline.replicate``), a fifth row, ``truth_replicate``, scores the replicate as
+if it were a proxy: the noise ceiling, the best a proxy can be expected to do.
+
 Per eval domain, across validation mixtures: Pearson and Spearman correlation of proxy and truth
 log-perplexity and pairwise ranking accuracy (of all mixture pairs, how often the proxy orders
 them as the truth does). Means over all domains, over *seen* domains (some shard covers them)
@@ -33,6 +37,7 @@ from pipeline.config import Config
 log = logging.getLogger("pipeline.report")
 
 PROXIES = ("merged", "mean_shard_ppl", "best_shard", "ensemble")
+REPLICATE = "truth_replicate"
 METRICS = ("pearson", "spearman", "pairwise_acc")
 
 
@@ -128,6 +133,7 @@ def collect(cfg: Config, args) -> list[dict]:
     if not cfg.validation.mixtures:
         raise StageError("params.yaml: validation.mixtures is empty; list the mixtures to train (python -m pipeline.validation sample)")
     scored = proxy["eval"]["tokens"]
+    replicate_dir = getattr(args, "replicate", None)
     shard_nll: dict[str, dict[str, np.ndarray]] = {}
     rows = []
     for name in cfg.validation.mixtures:
@@ -151,14 +157,25 @@ def collect(cfg: Config, args) -> list[dict]:
                 "best_shard": min(logs),
                 "ensemble": ensemble_logppl(shard_nll, shards, weights, d, n),
             })
+        if replicate_dir is not None:
+            rep_nll = load_nll(replicate_dir / f"{name}.npz", f"the replicate of {name}", f"python -m pipeline.replicate --mixtures {name}")
+            for row, (d, n) in zip(rows[-len(scored):], scored.items()):
+                if len(rep_nll.get(d, ())) < n:
+                    raise StageError(f"{replicate_dir / f'{name}.npz'}: {len(rep_nll.get(d, ()))} tokens for {d}, the proxy scored {n}; "
+                                     "rerun 'python -m pipeline.replicate'")
+                row[REPLICATE] = float(rep_nll[d][:n].astype(np.float64).mean())
     return rows
+
+
+def proxies_in(rows: list[dict]) -> list[str]:
+    return [p for p in (*PROXIES, REPLICATE) if rows and p in rows[0]]
 
 
 def analyse(rows: list[dict], seen_domains: set[str]) -> dict:
     domains = sorted({r["domain"] for r in rows})
     out: dict = {"proxies": {}, "domains": {"seen": [d for d in domains if d in seen_domains], "unseen": [d for d in domains if d not in seen_domains]},
                  "mixtures": len({r["mixture"] for r in rows})}
-    for p in PROXIES:
+    for p in proxies_in(rows):
         per_domain, px, tx = {}, {}, {}
         for d in domains:
             rs = [r for r in rows if r["domain"] == d]
@@ -209,6 +226,9 @@ def summary_markdown(res: dict) -> str:
     for p, e in res["proxies"].items():
         pe = " / ".join(fmt(e[k]["pearson"] if e[k] else None) for k in ("mean", "seen", "unseen"))
         lines.append(f"| {p} | {pe} | {fmt(e['mean']['spearman'])} | {fmt(e['mean']['pairwise_acc'])} | {fmt(e['pooled_within_domain_pearson'])} | {fmt(e['mean_abs_error_nats'])} |")
+    if REPLICATE in res["proxies"]:
+        lines += ["", f"`{REPLICATE}` is no proxy: the same mixtures trained again with another data order, scored as if it were one. "
+                  "It is the noise ceiling: what a perfect proxy would reach against truth models this noisy."]
     sizes = sorted({k for e in res["proxies"].values() for k in e.get("by_size", {})}, key=int)
     if len(sizes) > 1:
         lines += ["", "Within mixtures of one size only (mean over domains of Pearson / Spearman / pairwise acc):", "",
@@ -260,12 +280,13 @@ def render_png(rows: list[dict], res: dict, out_dir: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
     width = 0.25
+    names = list(res["proxies"])
     for i, m in enumerate(METRICS):
-        vals = [res["proxies"][p]["mean"][m] for p in PROXIES]
-        ax.bar(np.arange(len(PROXIES)) + (i - 1) * width, vals, width, label=m)
-    ax.set_xticks(np.arange(len(PROXIES)), PROXIES)
+        vals = [res["proxies"][p]["mean"][m] for p in names]
+        ax.bar(np.arange(len(names)) + (i - 1) * width, vals, width, label=m)
+    ax.set_xticks(np.arange(len(names)), names, fontsize=8 if len(names) > 4 else None)
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_ylim(min(0, *(res["proxies"][p]["mean"][m] for p in PROXIES for m in METRICS if not math.isnan(res["proxies"][p]["mean"][m]))) - 0.05, 1.0)
+    ax.set_ylim(min(0, *(res["proxies"][p]["mean"][m] for p in names for m in METRICS if not math.isnan(res["proxies"][p]["mean"][m]))) - 0.05, 1.0)
     ax.legend(fontsize=8)
     ax.set_title("agreement with truth, mean over eval domains")
     fig.tight_layout()
@@ -277,10 +298,11 @@ def main(args, cfg: Config) -> None:
     rows = collect(cfg, args)
     seen = {spec.domain for spec in cfg.shards.values()}
     res = analyse(rows, seen)
-    write_csv(args.plots / "report_scatter.csv", ["mixture", "k", "domain", "truth", *PROXIES],
-              [[r["mixture"], r["k"], r["domain"], *(round(r[c], 5) for c in ("truth", *PROXIES))] for r in rows])
+    names = proxies_in(rows)
+    write_csv(args.plots / "report_scatter.csv", ["mixture", "k", "domain", "truth", *names],
+              [[r["mixture"], r["k"], r["domain"], *(round(r[c], 5) for c in ("truth", *names))] for r in rows])
     write_csv(args.plots / "report_correlation.csv", ["proxy", "metric", "value"],
-              [[p, m, round(res["proxies"][p]["mean"][m], 4)] for p in PROXIES for m in METRICS])
+              [[p, m, round(res["proxies"][p]["mean"][m], 4)] for p in names for m in METRICS])
     args.reports.mkdir(parents=True, exist_ok=True)
     render_png(rows, res, args.reports)
     write_text_atomic(args.reports / "summary.md", summary_markdown(res))
@@ -298,6 +320,8 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("metrics/report.json"))
     p.add_argument("--plots", type=Path, default=Path("plots"))
     p.add_argument("--reports", type=Path, default=Path("reports"))
+    p.add_argument("--replicate", type=Path, default=None,
+                   help="per-token NLL of replicate truth models (python -m pipeline.replicate): adds the noise-ceiling row")
     return run_stage(main, p, argv)
 
 

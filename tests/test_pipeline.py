@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -64,6 +65,29 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     assert "| merged |" in (project / "reports/summary.md").read_text()
 
     # nothing is stale after a run
+    assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+    # the noise ceiling: the truth models again with another data order, scored as a fifth row
+    rep = project.parent / "replicate"
+    run_module("pipeline.replicate", "--seed-offset", "1", "--out", str(rep), cwd=project)
+    meta = json.loads((rep / "models/code+prose/shardmix.json").read_text())
+    truth_meta = json.loads((project / "models/mixtures/code+prose/shardmix.json").read_text())
+    assert meta["seed"] == truth_meta["seed"] + 1 and meta["recipe"] == truth_meta["recipe"] and meta["weights"] == truth_meta["weights"]
+    with np.load(rep / "nll/code+prose.npz") as a, np.load(project / "data/nll/truth/code+prose.npz") as b:
+        assert a["code"].shape == b["code"].shape and not np.array_equal(a["code"], b["code"])  # another data order
+    again = run_module("pipeline.replicate", "--seed-offset", "1", "--out", str(rep), cwd=project)
+    assert again.stderr.count("done already") == 3, again.stderr  # resumes: nothing retrained
+    run_module("pipeline.report", "--replicate", str(rep / "nll"), "--out", str(rep / "report.json"),
+               "--plots", str(rep / "plots"), "--reports", str(rep / "reports"), cwd=project)
+    with_rep = json.loads((rep / "report.json").read_text())
+    assert set(with_rep["proxies"]) == {"merged", "mean_shard_ppl", "best_shard", "ensemble", "truth_replicate"}
+    assert with_rep["proxies"]["merged"] == report["proxies"]["merged"]  # the other rows are unchanged
+    assert "| truth_replicate |" in (rep / "reports/summary.md").read_text()
+    assert "truth_replicate" in (rep / "plots/report_scatter.csv").read_text().splitlines()[0]
+    (rep / "empty").mkdir()
+    bad = run_module("pipeline.report", "--replicate", str(rep / "empty"), "--out", str(rep / "bad.json"), cwd=project, check=False)
+    assert bad.returncode == 2 and "empty/code+prose.npz" in bad.stderr and "pipeline.replicate" in bad.stderr, bad.stderr
+    assert not (rep / "bad.json").exists()
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
     # adding one shard trains only that shard (the proxy and the report then rescore)

@@ -1,0 +1,70 @@
+"""Replicate the truth: train every validation mixture again with another data order, and evaluate it.
+
+How well can any proxy predict the truth? No better than a second training run of the same
+mixture predicts the first. ``python -m pipeline.replicate --seed-offset 1`` trains each
+validation mixture exactly as ``train_mixture`` does (same seed model, recipe, token budget and
+weights), only with params ``seed`` shifted by the offset (so a different data order), then
+evaluates it as ``evaluate_mixture`` does. Then
+
+    python -m pipeline.report --replicate data/replicates/seed-offset-1/nll --out ... --plots ... --reports ...
+
+adds the replicate to the report as one more "proxy", ``truth_replicate``: the noise ceiling.
+
+Not a DVC stage: a diagnostic of the default run (about as long as its truth models: ~25 min).
+Writes ``<out>/models/<mixture>/``, ``<out>/nll/<mixture>.npz``, ``<out>/metrics/<mixture>.json``
+and ``<out>/replicate.json``; a mixture already done is skipped, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from pipeline.common import StageError, provenance, run_stage, stage_parser, write_json
+from pipeline.config import Config
+
+log = logging.getLogger("pipeline.replicate")
+
+
+def main(args, cfg: Config) -> None:
+    from pipeline import evaluate, train
+
+    if args.seed_offset == 0:
+        raise StageError("--seed-offset 0 would retrain the very same models; give another offset, e.g. --seed-offset 1")
+    names = args.mixtures or list(cfg.validation.mixtures)
+    unknown = [n for n in names if n not in cfg.validation.mixtures]
+    if unknown:
+        raise StageError(f"--mixtures {unknown}: not under 'validation.mixtures' in {args.params}; known: {sorted(cfg.validation.mixtures)}")
+    if not names:
+        raise StageError(f"{args.params}: validation.mixtures is empty; nothing to replicate")
+    out = args.out or Path("data/replicates") / f"seed-offset-{args.seed_offset}"
+    shifted = cfg.model_copy(update={"seed": cfg.seed + args.seed_offset})
+    for i, name in enumerate(names, 1):
+        model_dir, nll = out / "models" / name, out / "nll" / f"{name}.npz"
+        if nll.is_file() and (model_dir / "config.json").is_file():
+            log.info("[%d/%d] %s: done already (%s)", i, len(names), name, nll)
+            continue
+        log.info("[%d/%d] %s: training the replicate", i, len(names), name)
+        train.main(argparse.Namespace(shard=None, mixture=name, base=args.base, tokens=args.tokens,
+                                      out=model_dir, live=out / "curves" / name), shifted)
+        evaluate.main(argparse.Namespace(model=model_dir, out=out / "metrics" / f"{name}.json", tokens=args.tokens,
+                                         shard=None, save_nll=nll, seed_metrics=None), cfg)
+    write_json(out / "replicate.json", provenance("replicate", cfg, seed_offset=args.seed_offset, data_seed_base=shifted.seed,
+                                                  mixtures=names, seed_model=str(args.base)))
+    log.info("replicates of %d mixtures in %s; compare: python -m pipeline.report --replicate %s --out %s --plots %s --reports %s",
+             len(names), out, out / "nll", out / "report.json", out / "plots", out / "reports")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = stage_parser(__doc__.splitlines()[0])
+    p.add_argument("--seed-offset", type=int, default=1, help="added to params seed for the data order (default: %(default)s)")
+    p.add_argument("--mixtures", nargs="+", help="only these validation mixtures (default: all)")
+    p.add_argument("--base", type=Path, default=Path("models/base"))
+    p.add_argument("--tokens", type=Path, default=Path("data/tokens"))
+    p.add_argument("--out", type=Path, default=None, help="default: data/replicates/seed-offset-<N>")
+    return run_stage(main, p, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
