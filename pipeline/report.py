@@ -122,6 +122,14 @@ def load_nll(path: Path, what: str, fix: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
+def prefix_logppl(nll: dict[str, np.ndarray], path: Path, domain: str, n: int, fix: str) -> float:
+    """Mean NLL over the first ``n`` tokens of ``domain``: the tokens the proxy scored."""
+    have = len(nll.get(domain, ()))
+    if have < n:
+        raise StageError(f"{path}: {have} tokens for {domain}, the proxy scored {n}; rerun '{fix}'")
+    return float(nll[domain][:n].astype(np.float64).mean())
+
+
 def collect(cfg: Config, args) -> list[dict]:
     """Truth and proxy log-perplexities per validation mixture and eval domain.
 
@@ -133,7 +141,6 @@ def collect(cfg: Config, args) -> list[dict]:
     if not cfg.validation.mixtures:
         raise StageError("params.yaml: validation.mixtures is empty; list the mixtures to train (python -m pipeline.validation sample)")
     scored = proxy["eval"]["tokens"]
-    replicate_dir = getattr(args, "replicate", None)
     shard_nll: dict[str, dict[str, np.ndarray]] = {}
     rows = []
     for name in cfg.validation.mixtures:
@@ -141,29 +148,28 @@ def collect(cfg: Config, args) -> list[dict]:
             raise StageError(f"{args.proxy}: no proxy score for validation mixture {name!r}; rerun 'dvc repro proxy'")
         entry = proxy["mixtures"][name]
         shards, weights = list(entry["shards"]), list(entry["weights"])
-        truth = load_nll(args.truth_nll / f"{name}.npz", f"the model trained on {name}", f"dvc repro evaluate_mixture@{name}")
+        truth_path = args.truth_nll / f"{name}.npz"
+        truth = load_nll(truth_path, f"the model trained on {name}", f"dvc repro evaluate_mixture@{name}")
+        replicate = None
+        if args.replicate is not None:
+            rep_path = args.replicate / f"{name}.npz"
+            replicate = load_nll(rep_path, f"the replicate of {name}", f"python -m pipeline.replicate --mixtures {name}")
         for s in shards:
             if s not in shard_nll:
                 shard_nll[s] = load_nll(args.nll / f"{s}.npz", f"shard {s}", f"dvc repro evaluate@{s}")
         for d, n in scored.items():
-            if len(truth[d]) < n:
-                raise StageError(f"{args.truth_nll / f'{name}.npz'}: {len(truth[d])} tokens for {d}, the proxy scored {n}; rerun 'dvc repro'")
             logs = [float(shard_nll[s][d][:n].astype(np.float64).mean()) for s in shards]
-            rows.append({
+            row = {
                 "mixture": name, "k": len(shards), "domain": d,
-                "truth": float(truth[d][:n].astype(np.float64).mean()),
+                "truth": prefix_logppl(truth, truth_path, d, n, "dvc repro"),
                 "merged": math.log(entry["eval"][d]["ppl"]),
                 "mean_shard_ppl": float(np.dot(weights, logs)),
                 "best_shard": min(logs),
                 "ensemble": ensemble_logppl(shard_nll, shards, weights, d, n),
-            })
-        if replicate_dir is not None:
-            rep_nll = load_nll(replicate_dir / f"{name}.npz", f"the replicate of {name}", f"python -m pipeline.replicate --mixtures {name}")
-            for row, (d, n) in zip(rows[-len(scored):], scored.items()):
-                if len(rep_nll.get(d, ())) < n:
-                    raise StageError(f"{replicate_dir / f'{name}.npz'}: {len(rep_nll.get(d, ()))} tokens for {d}, the proxy scored {n}; "
-                                     "rerun 'python -m pipeline.replicate'")
-                row[REPLICATE] = float(rep_nll[d][:n].astype(np.float64).mean())
+            }
+            if replicate is not None:
+                row[REPLICATE] = prefix_logppl(replicate, rep_path, d, n, "python -m pipeline.replicate")
+            rows.append(row)
     return rows
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import os
@@ -463,21 +464,20 @@ def _r(x: float | None, nd: int = 3) -> float | None:
 def write_csv(row: dict, quick: bool) -> Path:
     """Append ``row`` to ``results/proxy[_quick].csv``. When the columns changed, the file is
     rewritten (atomically) with the union of the columns, so earlier runs stay beside the new one."""
+    from pipeline.common import write_text_atomic
+
     path = RESULTS / ("proxy_quick.csv" if quick else "proxy.csv")
     flat = {"date": time.strftime("%Y-%m-%d %H:%M"), **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()}}
     rows = []
     if path.exists():
         with open(path, newline="") as f:
             rows = list(csv.DictReader(f))
-    fields = list(flat) + [k for r in rows for k in r if k not in flat]
-    fields = list(dict.fromkeys(fields))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, restval="")
-        w.writeheader()
-        w.writerows([*rows, flat])
-    os.replace(tmp, path)
+    fields = list(dict.fromkeys([*flat, *(k for r in rows for k in r)]))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, restval="")
+    w.writeheader()
+    w.writerows([*rows, flat])
+    write_text_atomic(path, buf.getvalue())
     return path
 
 
