@@ -54,18 +54,11 @@ def pearson(x, y) -> float:
 
 
 def ranks(x) -> np.ndarray:
-    """Average ranks (ties share the mean of their positions), as Spearman's rho needs."""
+    """Average ranks from 0 (ties share the mean of their positions), as Spearman's rho needs."""
     x = np.asarray(x, float)
-    order = np.argsort(x, kind="mergesort")
-    r = np.empty(len(x))
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and x[order[j + 1]] == x[order[i]]:
-            j += 1
-        r[order[i : j + 1]] = (i + j) / 2.0
-        i = j + 1
-    return r
+    below = (x[None, :] < x[:, None]).sum(axis=1)
+    equal = (x[None, :] == x[:, None]).sum(axis=1)
+    return below + (equal - 1) / 2.0
 
 
 def spearman(x, y) -> float:
@@ -74,14 +67,11 @@ def spearman(x, y) -> float:
 
 def pairwise_accuracy(proxy, truth) -> float:
     """Of all pairs the truth orders strictly, the fraction the proxy orders the same way."""
-    agree = total = 0
-    for i, j in itertools.combinations(range(len(truth)), 2):
-        t = np.sign(truth[i] - truth[j])
-        if t == 0:
-            continue
-        total += 1
-        agree += int(np.sign(proxy[i] - proxy[j]) == t)
-    return agree / total if total else float("nan")
+    p, t = np.asarray(proxy, float), np.asarray(truth, float)
+    upper = np.triu(np.ones((len(t), len(t)), bool), 1)
+    ts, ps = np.sign(t[:, None] - t[None, :])[upper], np.sign(p[:, None] - p[None, :])[upper]
+    strict = ts != 0
+    return float((ps[strict] == ts[strict]).mean()) if strict.any() else float("nan")
 
 
 def scores(proxy, truth) -> dict[str, float]:
@@ -161,6 +151,8 @@ def collect(cfg: Config, args) -> list[dict]:
             logs = [float(shard_nll[s][d][:n].astype(np.float64).mean()) for s in shards]
             row = {
                 "mixture": name, "k": len(shards), "domain": d,
+                "covers": any(cfg.shards[s].domain == d for s in shards),
+                "seed": math.log(proxy["seed"]["eval"][d]["ppl"]),
                 "truth": prefix_logppl(truth, truth_path, d, n, "dvc repro"),
                 "merged": math.log(entry["eval"][d]["ppl"]),
                 "mean_shard_ppl": float(np.dot(weights, logs)),
@@ -177,7 +169,12 @@ def proxies_in(rows: list[dict]) -> list[str]:
     return [p for p in (*PROXIES, REPLICATE) if rows and p in rows[0]]
 
 
-def analyse(rows: list[dict], seen_domains: set[str]) -> dict:
+def analyse(rows: list[dict], seen_domains: set[str], n_boot: int = 0, seed: int = 0) -> dict:
+    """Every proxy's scores per domain and their means; with ``n_boot``, bootstrap intervals too.
+
+    Rows that say whether their mixture ``covers`` the domain (and the ``seed`` model's
+    log-perplexity) also get the by-pair-kind accuracies and the out-of-mixture shift.
+    """
     domains = sorted({r["domain"] for r in rows})
     out: dict = {"proxies": {}, "domains": {"seen": [d for d in domains if d in seen_domains], "unseen": [d for d in domains if d not in seen_domains]},
                  "mixtures": len({r["mixture"] for r in rows})}
@@ -193,7 +190,91 @@ def analyse(rows: list[dict], seen_domains: set[str]) -> dict:
         entry["pooled_within_domain_pearson"] = pooled_within(px, tx)
         entry["by_size"] = by_size(rows, p, domains)
         entry["mean_abs_error_nats"] = float(np.mean([abs(r[p] - r["truth"]) for r in rows]))
+        if rows and "covers" in rows[0]:
+            entry["pairs"] = pair_kinds(rows, p, domains)
         out["proxies"][p] = entry
+    if rows and "seed" in rows[0]:
+        out["out_of_mixture_shift"] = out_of_mixture_shift(rows, ["truth", *proxies_in(rows)])
+    if n_boot > 0:
+        boot = bootstrap(rows, proxies_in(rows), domains, n_boot, seed)
+        for p, ci in boot.pop("ci").items():
+            out["proxies"][p]["mean_ci95"] = ci
+        out["bootstrap"] = boot
+    return out
+
+
+def _grid(rows: list[dict], key: str, domains: list[str], mixtures: list[str]) -> np.ndarray:
+    """``[domain, mixture]`` array of ``row[key]``."""
+    at = {(r["domain"], r["mixture"]): r[key] for r in rows}
+    return np.array([[at[(d, m)] for m in mixtures] for d in domains], float)
+
+
+def bootstrap(rows: list[dict], proxies: list[str], domains: list[str], n_boot: int, seed: int) -> dict:
+    """95% percentile intervals of each proxy's mean scores, resampling validation mixtures.
+
+    Each resample draws the validation mixtures with replacement (the same draws for every proxy
+    and domain: mixtures are the sampled units), then scores as :func:`analyse` does. A pair of a
+    mixture with its own copy is a tie in the truth and does not count for pairwise accuracy.
+    Also the paired difference merged - mean_shard_ppl: its interval and how often it is > 0.
+    """
+    mixtures = sorted({r["mixture"] for r in rows})
+    truth = _grid(rows, "truth", domains, mixtures)
+    grids = {p: _grid(rows, p, domains, mixtures) for p in proxies}
+    draws = np.random.default_rng(seed).integers(0, len(mixtures), size=(n_boot, len(mixtures)))
+    means = {p: np.empty((n_boot, len(METRICS))) for p in proxies}
+    for b, idx in enumerate(draws):
+        for p in proxies:
+            per = [scores(grids[p][i, idx], truth[i, idx]) for i in range(len(domains))]
+            means[p][b] = [nanmean([x[m] for x in per]) for m in METRICS]
+
+    def interval(v: np.ndarray) -> list[float]:
+        return [float(x) for x in np.nanpercentile(v, [2.5, 97.5])]
+
+    out: dict = {"resamples": n_boot, "seed": seed, "unit": "validation mixture",
+                 "ci": {p: {m: interval(means[p][:, j]) for j, m in enumerate(METRICS)} for p in proxies}}
+    if "merged" in means and "mean_shard_ppl" in means:
+        diff = means["merged"] - means["mean_shard_ppl"]
+        out["merged_minus_mean_shard_ppl"] = {m: {"ci95": interval(diff[:, j]), "share_above_0": float(np.mean(diff[:, j] > 0))}
+                                              for j, m in enumerate(METRICS)}
+    return out
+
+
+PAIR_KINDS = ("both_cover", "one_covers", "neither_covers")
+
+
+def pair_kinds(rows: list[dict], proxy: str, domains: list[str]) -> dict[str, dict[str, float]]:
+    """Pairwise accuracy pooled over domains, split by how many of the pair's mixtures cover the domain.
+
+    A mixture *covers* an eval domain when one of its shards is cut from it. Pairs where exactly
+    one covers it are easy (training on a domain helps it most); pairs where neither does ask the
+    proxy for the small differences of transfer and forgetting.
+    """
+    agree = {k: 0 for k in PAIR_KINDS}
+    total = {k: 0 for k in PAIR_KINDS}
+    for d in domains:
+        rs = [r for r in rows if r["domain"] == d]
+        for a, b in itertools.combinations(rs, 2):
+            t = np.sign(a["truth"] - b["truth"])
+            if t == 0:
+                continue
+            kind = PAIR_KINDS[2 - int(a["covers"]) - int(b["covers"])]
+            total[kind] += 1
+            agree[kind] += int(np.sign(a[proxy] - b[proxy]) == t)
+    return {k: {"pairwise_acc": agree[k] / total[k] if total[k] else float("nan"), "pairs": total[k]} for k in PAIR_KINDS}
+
+
+def out_of_mixture_shift(rows: list[dict], columns: list[str]) -> dict[str, dict[str, float]]:
+    """Mean log-perplexity minus the seed's on the domains a mixture does not cover, by mixture size.
+
+    Positive: worse than the seed (forgetting). Shows whether a proxy forgets as the truth does.
+    """
+    out = {}
+    for c in columns:
+        out[c] = {}
+        for k in sorted({r["k"] for r in rows}):
+            v = [r[c] - r["seed"] for r in rows if r["k"] == k and not r["covers"]]
+            if v:
+                out[c][str(k)] = float(np.mean(v))
     return out
 
 
@@ -230,8 +311,18 @@ def summary_markdown(res: dict) -> str:
              "| proxy | Pearson (mean / seen / unseen) | Spearman (mean) | pairwise acc (mean) | pooled within-domain r | mean abs error (nats) |",
              "|---|---|---|---|---|---|"]
     for p, e in res["proxies"].items():
-        pe = " / ".join(fmt(e[k]["pearson"] if e[k] else None) for k in ("mean", "seen", "unseen"))
-        lines.append(f"| {p} | {pe} | {fmt(e['mean']['spearman'])} | {fmt(e['mean']['pairwise_acc'])} | {fmt(e['pooled_within_domain_pearson'])} | {fmt(e['mean_abs_error_nats'])} |")
+        pe = " / ".join([with_ci(e, "pearson")] + [fmt(e[k]["pearson"] if e[k] else None) for k in ("seen", "unseen")])
+        lines.append(f"| {p} | {pe} | {with_ci(e, 'spearman')} | {with_ci(e, 'pairwise_acc')} | {fmt(e['pooled_within_domain_pearson'])} | {fmt(e['mean_abs_error_nats'])} |")
+    boot = res.get("bootstrap")
+    if boot:
+        lines += ["", f"In brackets: 95% bootstrap intervals of the means ({boot['resamples']} resamples of the validation mixtures, "
+                  "drawn with replacement). They are wide because each domain's scores rest on one small set of mixtures."]
+        gap = boot.get("merged_minus_mean_shard_ppl")
+        if gap:
+            point = {m: res["proxies"]["merged"]["mean"][m] - res["proxies"]["mean_shard_ppl"]["mean"][m] for m in METRICS}
+            cells = [f"{m} {point[m]:+.3f} [{gap[m]['ci95'][0]:+.3f}, {gap[m]['ci95'][1]:+.3f}], ahead in {gap[m]['share_above_0']:.0%} of resamples"
+                     for m in METRICS]
+            lines += ["", "merged minus mean_shard_ppl, on the same resamples: " + "; ".join(cells) + "."]
     if REPLICATE in res["proxies"]:
         lines += ["", f"`{REPLICATE}` is no proxy: the same mixtures trained again with another data order, scored as if it were one. "
                   "It is the noise ceiling: what a perfect proxy would reach against truth models this noisy."]
@@ -242,11 +333,33 @@ def summary_markdown(res: dict) -> str:
         for p, e in res["proxies"].items():
             cells = [" / ".join(fmt(e["by_size"][k][m]) for m in METRICS) if k in e["by_size"] else "–" for k in sizes]
             lines.append(f"| {p} | " + " | ".join(cells) + " |")
+    if "pairs" in res["proxies"]["merged"]:
+        first = res["proxies"]["merged"]["pairs"]
+        lines += ["", "## Where the proxies miss", "",
+                  "Pairwise accuracy over all pairs of validation mixtures, pooled over eval domains, by how many of the two "
+                  "mixtures cover the eval domain (have a shard cut from it):", "",
+                  "| proxy | " + " | ".join(f"{k.replace('_', ' ')} ({first[k]['pairs']} pairs)" for k in PAIR_KINDS) + " |",
+                  "|---|" + "---|" * len(PAIR_KINDS)]
+        for p, e in res["proxies"].items():
+            lines.append(f"| {p} | " + " | ".join(fmt(e["pairs"][k]["pairwise_acc"]) for k in PAIR_KINDS) + " |")
+    shift = res.get("out_of_mixture_shift")
+    if shift:
+        ks = sorted({k for v in shift.values() for k in v}, key=int)
+        lines += ["", "On the eval domains a mixture does not cover: mean log-perplexity minus the seed model's, in nats "
+                  "(positive: worse than the seed, i.e. forgetting), by mixture size:", "",
+                  "| | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for c, v in shift.items():
+            lines.append(f"| {c} | " + " | ".join(f"{v[k]:+.4f}" if k in v else "–" for k in ks) + " |")
     lines += ["", "## Per eval domain (merged proxy)", "", "| domain | seen | Pearson | Spearman | pairwise acc |", "|---|---|---|---|---|"]
     for d, s in res["proxies"]["merged"]["domains"].items():
         lines.append(f"| {d} | {'yes' if d in res['domains']['seen'] else 'no'} | {fmt(s['pearson'])} | {fmt(s['spearman'])} | {fmt(s['pairwise_acc'])} |")
     lines += ["", "![proxy vs truth](scatter.png)", "", "![correlation by proxy](correlation.png)", ""]
     return "\n".join(lines)
+
+
+def with_ci(entry: dict, metric: str) -> str:
+    ci = entry.get("mean_ci95", {}).get(metric)
+    return fmt(entry["mean"][metric]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
 
 
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -288,13 +401,17 @@ def render_png(rows: list[dict], res: dict, out_dir: Path) -> None:
     width = 0.25
     names = list(res["proxies"])
     for i, m in enumerate(METRICS):
-        vals = [res["proxies"][p]["mean"][m] for p in names]
-        ax.bar(np.arange(len(names)) + (i - 1) * width, vals, width, label=m)
+        vals = np.array([res["proxies"][p]["mean"][m] for p in names])
+        yerr = None
+        if all("mean_ci95" in res["proxies"][p] for p in names):  # 95% bootstrap intervals as error bars
+            ci = np.array([res["proxies"][p]["mean_ci95"][m] for p in names])
+            yerr = np.clip(np.stack([vals - ci[:, 0], ci[:, 1] - vals]), 0, None)
+        ax.bar(np.arange(len(names)) + (i - 1) * width, vals, width, label=m, yerr=yerr, capsize=2, error_kw={"lw": 0.8})
     ax.set_xticks(np.arange(len(names)), names, fontsize=8 if len(names) > 4 else None)
     ax.axhline(0, color="k", lw=0.5)
     ax.set_ylim(min(0, *(res["proxies"][p]["mean"][m] for p in names for m in METRICS if not math.isnan(res["proxies"][p]["mean"][m]))) - 0.05, 1.0)
     ax.legend(fontsize=8)
-    ax.set_title("agreement with truth, mean over eval domains")
+    ax.set_title("agreement with truth, mean over eval domains" + (" (95% intervals)" if "bootstrap" in res else ""))
     fig.tight_layout()
     fig.savefig(out_dir / "correlation.png", dpi=90)
     plt.close(fig)
@@ -303,7 +420,7 @@ def render_png(rows: list[dict], res: dict, out_dir: Path) -> None:
 def main(args, cfg: Config) -> None:
     rows = collect(cfg, args)
     seen = {spec.domain for spec in cfg.shards.values()}
-    res = analyse(rows, seen)
+    res = analyse(rows, seen, n_boot=args.bootstrap, seed=cfg.seed)
     names = proxies_in(rows)
     write_csv(args.plots / "report_scatter.csv", ["mixture", "k", "domain", "truth", *names],
               [[r["mixture"], r["k"], r["domain"], *(round(r[c], 5) for c in ("truth", *names))] for r in rows])
@@ -328,6 +445,8 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--reports", type=Path, default=Path("reports"))
     p.add_argument("--replicate", type=Path, default=None,
                    help="per-token NLL of replicate truth models (python -m pipeline.replicate): adds the noise-ceiling row")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="resamples of the validation mixtures for the 95%% intervals (0: none; default: %(default)s)")
     return run_stage(main, p, argv)
 
 

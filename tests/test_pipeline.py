@@ -59,7 +59,9 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     for entry in report["proxies"].values():
         assert set(entry["domains"]) == {"code", "prose", "legal"}
         assert set(entry["mean"]) == {"pearson", "spearman", "pairwise_acc"}
-    assert report["mixtures"] == 3
+        assert set(entry["mean_ci95"]) == set(entry["mean"]) and set(entry["pairs"]) == {"both_cover", "one_covers", "neither_covers"}
+    assert report["mixtures"] == 3 and report["bootstrap"]["resamples"] == 1000
+    assert set(report["out_of_mixture_shift"]) == {"truth", "merged", "mean_shard_ppl", "best_shard", "ensemble"}
     for f in ("summary.md", "scatter.png", "correlation.png"):
         assert (project / "reports" / f).stat().st_size > 0
     assert "| merged |" in (project / "reports/summary.md").read_text()
