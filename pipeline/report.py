@@ -17,6 +17,11 @@ Per eval domain, across validation mixtures: Pearson and Spearman correlation of
 log-perplexity and pairwise ranking accuracy (of all mixture pairs, how often the proxy orders
 them as the truth does). Means over all domains, over *seen* domains (some shard covers them)
 and *unseen* ones, and a pooled within-domain correlation (each domain centred, then pooled).
+The means get 95% bootstrap intervals (``--bootstrap N`` resamples of the validation mixtures),
+and so does the difference merged minus mean_shard_ppl. Two diagnostics say where a proxy
+misses: pairwise accuracy split by how many of a pair's mixtures cover the eval domain, and the
+out-of-mixture shift (how much worse than the seed each model is on the domains its mixture
+does not cover, i.e. how much it forgets).
 
 Writes ``metrics/report.json``, ``plots/report_scatter.csv``, ``plots/report_correlation.csv``,
 ``reports/summary.md`` and PNG renders in ``reports/``.
@@ -418,6 +423,8 @@ def render_png(rows: list[dict], res: dict, out_dir: Path) -> None:
 
 
 def main(args, cfg: Config) -> None:
+    if args.bootstrap < 0:
+        raise StageError(f"--bootstrap {args.bootstrap}: the number of resamples must be 0 (no intervals) or more")
     rows = collect(cfg, args)
     seen = {spec.domain for spec in cfg.shards.values()}
     res = analyse(rows, seen, n_boot=args.bootstrap, seed=cfg.seed)

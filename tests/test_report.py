@@ -143,3 +143,13 @@ def test_pair_kinds_and_out_of_mixture_shift():
     shift = res["out_of_mixture_shift"]
     assert shift["truth"] == {"2": pytest.approx(0.5), "3": pytest.approx(0.7)}  # m2 (k=2) and m3 (k=3)
     assert shift["merged"] == {"2": pytest.approx(0.2), "3": pytest.approx(0.1)}
+
+
+def test_negative_bootstrap_is_a_clear_error(monkeypatch, capsys):
+    from pathlib import Path
+
+    from pipeline.report import cli
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the repository's params.yaml
+    assert cli(["--bootstrap", "-1", "--out", "never-written.json"]) == 2
+    assert not Path("never-written.json").exists()
