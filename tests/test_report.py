@@ -145,7 +145,7 @@ def test_pair_kinds_and_out_of_mixture_shift():
     assert shift["merged"] == {"2": pytest.approx(0.2), "3": pytest.approx(0.1)}
 
 
-def test_negative_bootstrap_is_a_clear_error(monkeypatch, capsys):
+def test_negative_bootstrap_is_a_clear_error(monkeypatch):
     from pathlib import Path
 
     from pipeline.report import cli
