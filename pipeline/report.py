@@ -29,7 +29,6 @@ Writes ``metrics/report.json``, ``plots/report_scatter.csv``, ``plots/report_cor
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 from pathlib import Path
@@ -70,11 +69,16 @@ def spearman(x, y) -> float:
     return pearson(ranks(x), ranks(y))
 
 
+def pair_signs(proxy, truth) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Over every pair ``i < j``: the sign of the proxy's and of the truth's difference, and ``i``, ``j``."""
+    p, t = np.asarray(proxy, float), np.asarray(truth, float)
+    i, j = np.triu_indices(len(t), 1)
+    return np.sign(p[i] - p[j]), np.sign(t[i] - t[j]), i, j
+
+
 def pairwise_accuracy(proxy, truth) -> float:
     """Of all pairs the truth orders strictly, the fraction the proxy orders the same way."""
-    p, t = np.asarray(proxy, float), np.asarray(truth, float)
-    upper = np.triu(np.ones((len(t), len(t)), bool), 1)
-    ts, ps = np.sign(t[:, None] - t[None, :])[upper], np.sign(p[:, None] - p[None, :])[upper]
+    ps, ts, _, _ = pair_signs(proxy, truth)
     strict = ts != 0
     return float((ps[strict] == ts[strict]).mean()) if strict.any() else float("nan")
 
@@ -153,7 +157,7 @@ def collect(cfg: Config, args) -> list[dict]:
             if s not in shard_nll:
                 shard_nll[s] = load_nll(args.nll / f"{s}.npz", f"shard {s}", f"dvc repro evaluate@{s}")
         for d, n in scored.items():
-            logs = [float(shard_nll[s][d][:n].astype(np.float64).mean()) for s in shards]
+            logs = [prefix_logppl(shard_nll[s], args.nll / f"{s}.npz", d, n, f"dvc repro evaluate@{s}") for s in shards]
             row = {
                 "mixture": name, "k": len(shards), "domain": d,
                 "covers": any(cfg.shards[s].domain == d for s in shards),
@@ -258,13 +262,13 @@ def pair_kinds(rows: list[dict], proxy: str, domains: list[str]) -> dict[str, di
     total = {k: 0 for k in PAIR_KINDS}
     for d in domains:
         rs = [r for r in rows if r["domain"] == d]
-        for a, b in itertools.combinations(rs, 2):
-            t = np.sign(a["truth"] - b["truth"])
-            if t == 0:
-                continue
-            kind = PAIR_KINDS[2 - int(a["covers"]) - int(b["covers"])]
-            total[kind] += 1
-            agree[kind] += int(np.sign(a[proxy] - b[proxy]) == t)
+        ps, ts, i, j = pair_signs([r[proxy] for r in rs], [r["truth"] for r in rs])
+        covers = np.array([r["covers"] for r in rs], int)
+        kind = 2 - covers[i] - covers[j]  # index into PAIR_KINDS
+        for k, name in enumerate(PAIR_KINDS):
+            counted = (ts != 0) & (kind == k)
+            total[name] += int(counted.sum())
+            agree[name] += int((ps[counted] == ts[counted]).sum())
     return {k: {"pairwise_acc": agree[k] / total[k] if total[k] else float("nan"), "pairs": total[k]} for k in PAIR_KINDS}
 
 
