@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from tests.conftest import dvc, git, run_module, write_jsonl, write_params
@@ -68,6 +69,16 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
 
     # nothing is stale after a run
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+    # seeds make runs reproducible: the seed model and a shard model, trained again, are bit-identical
+    from safetensors.torch import load_file
+
+    rerun = project.parent / "rerun"
+    run_module("pipeline.base", "--out", str(rerun / "base"), "--live", str(rerun / "live-base"), cwd=project)
+    run_module("pipeline.train", "--shard", "code", "--out", str(rerun / "code"), "--live", str(rerun / "live-code"), cwd=project)
+    for first, second in (("models/base", rerun / "base"), ("models/shards/code", rerun / "code")):
+        a, b = load_file(project / first / "model.safetensors"), load_file(second / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), first
 
     # the noise ceiling: the truth models again with another data order, scored as a fifth row
     rep = project.parent / "replicate"
