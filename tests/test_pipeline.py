@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from tests.conftest import dvc, git, run_module, write_jsonl, write_params
 
@@ -71,8 +72,6 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
     # seeds make runs reproducible: the seed model and a shard model, trained again, are bit-identical
-    from safetensors.torch import load_file
-
     rerun = project.parent / "rerun"
     run_module("pipeline.base", "--out", str(rerun / "base"), "--live", str(rerun / "live-base"), cwd=project)
     run_module("pipeline.train", "--shard", "code", "--out", str(rerun / "code"), "--live", str(rerun / "live-code"), cwd=project)
