@@ -6,8 +6,7 @@ proportion to their tokens, with warmup and a cosine schedule. ``base.init: pret
 local Hugging Face checkpoint folder (``base.pretrained_path``) as the seed, and continues it on
 the base split when ``base.tokens`` > 0.
 
-Writes ``models/base/`` (HF folder, safetensors, tokenizer, shardmix.json) and the DVCLive curves
-``metrics/base/``.
+``python -m pipeline.base --tokenizer tokenizer --tokens data/tokens/base --out models/base --live metrics/base``
 """
 
 from __future__ import annotations
@@ -15,19 +14,20 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.common import StageError, atomic_dir, provenance, run_stage, stage_parser, write_json
 from pipeline.config import Config
-from pipeline.data import Slice, TokenFile
-from pipeline.model import build_model, count_params, load_model, load_tokenizer, save_model
-from pipeline.train import train_model
+from pipeline.lib.models import build_model, count_params, load_model, load_tokenizer, save_model
+from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, write_json
+from pipeline.lib.runtime import StageError, configure_threads, run_stage, stage_parser
+from pipeline.lib.tokens import Slice, TokenFile
+from pipeline.lib.training import train_model
 
-log = logging.getLogger("pipeline.base")
+log = logging.getLogger(__name__)
 
 
-def base_slices(tokens_dir: Path) -> list[Slice]:
-    files = sorted((tokens_dir / "base").glob("*.bin"))
+def base_slices(base_dir: Path) -> list[Slice]:
+    files = sorted(base_dir.glob("*.bin"))
     if not files:
-        raise StageError(f"{tokens_dir / 'base'}: no base-split token files; raise prepare.base_fraction above 0 or bring a pretrained seed (base.init: pretrained)")
+        raise StageError(f"{base_dir}: no base-split token files; raise prepare.base_fraction above 0 or bring a pretrained seed (base.init: pretrained)")
     slices = []
     for f in files:
         tf = TokenFile.open(f)
@@ -36,6 +36,8 @@ def base_slices(tokens_dir: Path) -> list[Slice]:
 
 
 def main(args, cfg: Config) -> None:
+    configure_threads(cfg.threads)
+    run = RunRecord("base")
     tokenizer = load_tokenizer(args.tokenizer)
     if cfg.base.init == "pretrained":
         model = load_model(cfg.base.pretrained_path)
@@ -46,23 +48,25 @@ def main(args, cfg: Config) -> None:
         model = build_model(cfg.model, tokenizer, cfg.seed)
         origin = "trained from scratch"
     log.info("seed model: %s, %.2fM parameters", origin, count_params(model) / 1e6)
-    stats: dict = {}
+    stats, speed = {}, {}
     with atomic_dir(args.live) as live_tmp:
         if cfg.base.tokens > 0:
             slices = base_slices(args.tokens)
-            stats = train_model(model, slices, [s.tokens for s in slices], cfg.base, cfg.seed, live_tmp, desc="base")
+            stats, speed = train_model(model, slices, [s.tokens for s in slices], cfg.base, cfg.seed, live_tmp, desc="base")
         else:
             write_json(live_tmp / "metrics.json", {"note": "seed used as given (base.tokens = 0)"})
-        meta = provenance("base", cfg, origin=origin, recipe=cfg.base.model_dump(), params=count_params(model), **stats)
+        meta = made_by("base", origin=origin, seed=cfg.seed, recipe=cfg.base.model_dump(), model=cfg.model.model_dump(),
+                       params=count_params(model), **stats)
         save_model(model, args.out, tokenizer, meta)
+    run.write(**speed)
 
 
 def cli(argv: list[str] | None = None) -> int:
     p = stage_parser(__doc__.splitlines()[0])
-    p.add_argument("--tokenizer", type=Path, default=Path("tokenizer"))
-    p.add_argument("--tokens", type=Path, default=Path("data/tokens"))
-    p.add_argument("--out", type=Path, default=Path("models/base"))
-    p.add_argument("--live", type=Path, default=Path("metrics/base"))
+    p.add_argument("--tokenizer", type=Path, required=True, help="tokenizer folder (the tokenize stage's)")
+    p.add_argument("--tokens", type=Path, required=True, help="folder of base-split token files")
+    p.add_argument("--out", type=Path, required=True, help="seed model folder to write")
+    p.add_argument("--live", type=Path, required=True, help="DVCLive folder for the training curves")
     return run_stage(main, p, argv)
 
 

@@ -20,12 +20,12 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.common import StageError, atomic_dir, provenance, run_stage, stage_parser, write_json
 from pipeline.config import Config
+from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, write_json
+from pipeline.lib.runtime import StageError, run_stage, stage_parser
 
-log = logging.getLogger("pipeline.prepare")
+log = logging.getLogger(__name__)
 
-CORPUS_DIR = Path("data/corpus")
 SPLITS = ("train", "base", "eval")
 
 
@@ -156,18 +156,16 @@ def write_corpus(out: Path, rows: dict[str, dict[str, list[dict]]]) -> dict[str,
 
 
 def main(args, cfg: Config) -> None:
+    run = RunRecord("prepare")
     cache = cache_dir()
     docs, packages = collect(cfg, cache)
-    missing = [s for s, spec in cfg.shards.items() if spec.domain not in docs]
-    if missing:
-        raise StageError(f"params.yaml: shards {missing} name domains with no documents; corpus domains: {sorted(docs)}")
     rows, stats = build_corpus(cfg, docs)
     with atomic_dir(args.out) as tmp:
         hashes = write_corpus(tmp, rows)
-        for d in stats:
-            stats[d]["packages"] = packages.get(d, [])
+        for d in stats:  # where a download sits on this machine is no part of what the corpus is
+            stats[d]["packages"] = [{k: v for k, v in rec.items() if k != "file"} for rec in packages.get(d, [])]
             stats[d]["text_sha256"] = hashes[d]
-        manifest = {"domains": stats, "made_by": provenance("prepare", cfg, params=cfg.prepare.model_dump())}
+        manifest = {"domains": stats, "made_by": made_by("prepare", params=cfg.prepare.model_dump())}
         write_json(tmp / "manifest.json", manifest)
     summary = {
         d: {"docs_train": s["documents"]["train"], "docs_base": s["documents"]["base"], "docs_eval": s["documents"]["eval"],
@@ -177,13 +175,14 @@ def main(args, cfg: Config) -> None:
         for d, s in stats.items()
     }
     write_json(args.metrics, summary)
+    run.write(documents={d: s["documents"] for d, s in stats.items()})
     log.info("corpus: %d domains, %.1f MB of text in %s", len(rows), sum(sum(s["bytes"].values()) for s in stats.values()) / 1e6, args.out)
 
 
 def cli(argv: list[str] | None = None) -> int:
     p = stage_parser(__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=CORPUS_DIR)
-    p.add_argument("--metrics", type=Path, default=Path("metrics/corpus.json"))
+    p.add_argument("--out", type=Path, required=True, help="corpus folder to write")
+    p.add_argument("--metrics", type=Path, required=True, help="summary metrics JSON to write")
     return run_stage(main, p, argv)
 
 

@@ -6,7 +6,8 @@ validation mixture exactly as ``train_mixture`` does (same seed model, recipe, t
 weights), only with params ``seed`` shifted by the offset (so a different data order), then
 evaluates it as ``evaluate_mixture`` does. Then
 
-    python -m pipeline.report --replicate data/replicates/seed-offset-1/nll --out ... --plots ... --reports ...
+    python -m pipeline.report --proxy metrics/proxy.json --truth-nll data/nll/truth --nll data/nll/shards \\
+        --replicate data/replicates/seed-offset-1/nll --out ... --plots ... --reports ...
 
 adds the replicate to the report as one more "proxy", ``truth_replicate``: the noise ceiling.
 
@@ -17,19 +18,21 @@ and ``<out>/replicate.json``; a mixture already done is skipped, so an interrupt
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
-from pipeline.common import StageError, provenance, run_stage, stage_parser, write_json
 from pipeline.config import Config
+from pipeline.lib.models import load_model
+from pipeline.lib.outputs import made_by, save_npz, write_json
+from pipeline.lib.runtime import StageError, configure_threads, run_stage, stage_parser
+from pipeline.lib.scoring import available_eval_domains, evaluate, load_eval_sets
+from pipeline.lib.training import continue_pretraining, mixture_members
 
-log = logging.getLogger("pipeline.replicate")
+log = logging.getLogger(__name__)
 
 
 def main(args, cfg: Config) -> None:
-    from pipeline import evaluate, train
-
+    configure_threads(cfg.threads)
     if args.seed_offset == 0:
         raise StageError("--seed-offset 0 would retrain the very same models; give another offset, e.g. --seed-offset 1")
     names = args.mixtures or list(cfg.validation.mixtures)
@@ -40,19 +43,24 @@ def main(args, cfg: Config) -> None:
         raise StageError(f"{args.params}: validation.mixtures is empty; nothing to replicate")
     out = args.out or Path("data/replicates") / f"seed-offset-{args.seed_offset}"
     shifted = cfg.model_copy(update={"seed": cfg.seed + args.seed_offset})
+    sets = load_eval_sets(args.tokens, cfg.eval_domains(available_eval_domains(args.tokens)), cfg.eval.seq_len)
     for i, name in enumerate(names, 1):
         model_dir, nll = out / "models" / name, out / "nll" / f"{name}.npz"
         if nll.is_file() and (model_dir / "config.json").is_file():
             log.info("[%d/%d] %s: done already (%s)", i, len(names), name, nll)
             continue
         log.info("[%d/%d] %s: training the replicate", i, len(names), name)
-        train.main(argparse.Namespace(shard=None, mixture=name, base=args.base, tokens=args.tokens,
-                                      out=model_dir, live=out / "curves" / name), shifted)
-        evaluate.main(argparse.Namespace(model=model_dir, out=out / "metrics" / f"{name}.json", tokens=args.tokens,
-                                         shard=None, save_nll=nll, seed_metrics=None), cfg)
-    write_json(out / "replicate.json", provenance("replicate", cfg, seed_offset=args.seed_offset, data_seed_base=shifted.seed,
-                                                  mixtures=names, seed_model=str(args.base)))
-    log.info("replicates of %d mixtures in %s; compare: python -m pipeline.report --replicate %s --out %s --plots %s --reports %s",
+        shards, weights = mixture_members(cfg, name, args.tokens)
+        continue_pretraining(shifted, name, shards, weights, model_dir, out / "curves" / name, args.base, args.tokens,
+                             stage="replicate")
+        per_token: dict = {}
+        scores = evaluate(load_model(model_dir), sets, cfg.eval.batch_size, desc=f"evaluate {name}", per_token=per_token)
+        write_json(out / "metrics" / f"{name}.json", {"model": str(model_dir), "eval": {d: {"ppl": round(s["ppl"], 4), "bpb": round(s["bpb"], 5)} for d, s in scores.items()}})
+        save_npz(nll, per_token)
+    write_json(out / "replicate.json", made_by("replicate", seed_offset=args.seed_offset, data_seed_base=shifted.seed,
+                                               mixtures=names, seed_model=str(args.base)))
+    log.info("replicates of %d mixtures in %s; compare: python -m pipeline.report --proxy metrics/proxy.json --truth-nll data/nll/truth "
+             "--nll data/nll/shards --replicate %s --out %s --plots %s --reports %s",
              len(names), out, out / "nll", out / "report.json", out / "plots", out / "reports")
 
 
@@ -60,8 +68,8 @@ def cli(argv: list[str] | None = None) -> int:
     p = stage_parser(__doc__.splitlines()[0])
     p.add_argument("--seed-offset", type=int, default=1, help="added to params seed for the data order (default: %(default)s)")
     p.add_argument("--mixtures", nargs="+", help="only these validation mixtures (default: all)")
-    p.add_argument("--base", type=Path, default=Path("models/base"))
-    p.add_argument("--tokens", type=Path, default=Path("data/tokens"))
+    p.add_argument("--base", type=Path, default=Path("models/base"), help="seed model folder (default: %(default)s, as dvc.yaml makes it)")
+    p.add_argument("--tokens", type=Path, default=Path("data/tokens"), help="token files (default: %(default)s, as dvc.yaml makes them)")
     p.add_argument("--out", type=Path, default=None, help="default: data/replicates/seed-offset-<N>")
     return run_stage(main, p, argv)
 

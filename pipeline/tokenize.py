@@ -1,15 +1,15 @@
 """Stage tokenize: a tokenizer and memory-mapped token files for every domain and split.
 
 Writes ``tokenizer/`` (a Hugging Face tokenizer folder) and ``data/tokens/<split>/<domain>.bin``
-with a ``.json`` beside each (dtype, tokens, documents, UTF-8 bytes of the text they encode).
-Each document is preceded by the end-of-text token, so every token of every document is
-predicted from some context and documents never run into each other.
+with its document index and per-token byte counts beside it (:mod:`pipeline.lib.tokens` says
+what each file holds). Each document is preceded by the end-of-text token, and document i of a
+token file is line i of ``data/corpus/<domain>/<split>.jsonl``.
 
 The tokenizer is a byte-level BPE trained on a sample of the training split, or the seed
 model's own tokenizer when ``base.init`` is ``pretrained``. Corpora are read and tokenized with
 the ``datasets`` library (arrow-backed, parallel ``map``). Eval sets are capped at
 ``tokenize.eval_tokens`` tokens per domain, by whole documents in the split's stable order (the
-last one cut at a token boundary, its bytes counted from the decoded text).
+last one cut at a token boundary).
 
 Shards are views of these files (a domain, or piece i of n equal token ranges of one): adding a
 shard never changes a token file.
@@ -18,20 +18,22 @@ shard never changes a token file.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import StageError, atomic_dir, provenance, read_json, run_stage, stage_parser, write_json
 from pipeline.config import Config
-from pipeline.model import load_tokenizer
+from pipeline.lib.models import load_tokenizer
+from pipeline.lib.outputs import RunRecord, atomic_dirs, made_by, read_json, write_json
+from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.tokens import write_token_file
 
-log = logging.getLogger("pipeline.tokenize")
+log = logging.getLogger(__name__)
 
 EOT = "<|endoftext|>"
-TOKENS_DIR = Path("data/tokens")
-TOKENIZER_DIR = Path("tokenizer")
+SPLITS = ("train", "base", "eval")
 
 
 def corpus_domains(corpus: Path) -> list[str]:
@@ -41,8 +43,6 @@ def corpus_domains(corpus: Path) -> list[str]:
 
 def sample_texts(corpus: Path, domains: list[str], mb_per_domain: float):
     """The first ``mb_per_domain`` MB of each domain's training split (its order is a stable hash)."""
-    import json
-
     for d in domains:
         budget = mb_per_domain * 1e6
         with open(corpus / d / "train.jsonl") as f:
@@ -71,6 +71,9 @@ def train_tokenizer(texts, vocab_size: int):
 
 def seed_tokenizer(path: str | Path):
     tok = load_tokenizer(path)
+    if not getattr(tok, "is_fast", False):
+        raise StageError(f"{path}: the tokenizer has no fast (tokenizers library) version, which bits-per-byte needs for "
+                         f"its offsets; save the folder with a tokenizer.json (AutoTokenizer.from_pretrained(...).save_pretrained)")
     if tok.eos_token_id is None:
         raise StageError(f"{path}: the tokenizer has no end-of-text token (eos_token); set one in its tokenizer_config.json")
     return tok
@@ -88,19 +91,34 @@ def tokenize_split(files: dict[str, Path], tokenizer, num_proc: int):
     eot = tokenizer.eos_token_id
 
     def encode(batch):
-        enc = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"ids": [[eot, *ids] for ids in enc], "n_bytes": [len(t.encode()) for t in batch["text"]]}
+        enc = tokenizer(batch["text"], add_special_tokens=False, return_offsets_mapping=True)
+        return {"ids": [[eot, *ids] for ids in enc["input_ids"]],
+                "tbytes": [[0, *bytes_per_token(t, o)] for t, o in zip(batch["text"], enc["offset_mapping"])]}
 
     cols = next(iter(ds.values())).column_names
     return ds.map(encode, batched=True, batch_size=256, num_proc=num_proc, remove_columns=cols, desc="tokenize")
 
 
-def write_tokens(path: Path, ids: np.ndarray, meta: dict) -> None:
-    ids.tofile(path.with_suffix(".bin"))
-    write_json(path.with_suffix(".json"), meta)
+def bytes_per_token(text: str, offsets: list) -> list[int]:
+    """UTF-8 bytes of ``text`` each token adds: from the end of the previous token's span to the end
+    of its own (a token inside a character already counted adds 0); the last token takes the rest.
+    The counts sum to ``len(text.encode())`` exactly, whatever the tokenizer's offsets look like."""
+    if not offsets:
+        return []
+    if text.isascii():
+        edge = np.arange(len(text) + 1)
+    else:
+        cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        edge = np.concatenate([[0], np.cumsum(1 + (cp >= 0x80) + (cp >= 0x800) + (cp >= 0x10000))])
+    ends = np.maximum.accumulate(np.clip(np.array([e for _, e in offsets], dtype=np.int64), 0, len(text)))
+    byte_ends = edge[ends]
+    counts = np.diff(np.concatenate([[0], byte_ends]))
+    counts[-1] += edge[-1] - byte_ends[-1]
+    return counts.tolist()
 
 
 def main(args, cfg: Config) -> None:
+    run = RunRecord("tokenize")
     corpus = args.corpus
     domains = corpus_domains(corpus)
     if cfg.base.init == "pretrained":
@@ -114,63 +132,65 @@ def main(args, cfg: Config) -> None:
     log.info("tokenizer: %d tokens, %s", vocab, origin)
 
     summary: dict[str, dict] = {}
-    with atomic_dir(args.tokenizer_out) as tok_tmp, atomic_dir(args.out) as tmp:
+    with atomic_dirs([args.tokenizer_out, *(args.out / split for split in SPLITS)]) as (tok_tmp, *split_tmps):
         tokenizer.save_pretrained(tok_tmp)
-        tok_hash = hashlib.sha256((tok_tmp / "tokenizer.json").read_bytes()).hexdigest()[:16] if (tok_tmp / "tokenizer.json").exists() else None
-        write_json(tok_tmp / "shardmix.json", provenance("tokenize", cfg, origin=origin, vocab_size=vocab))
-        for split in ("train", "base", "eval"):
+        tok_file = tok_tmp / "tokenizer.json"
+        tok_hash = hashlib.sha256(tok_file.read_bytes()).hexdigest()[:16] if tok_file.exists() else None
+        write_json(tok_tmp / "shardmix.json", made_by("tokenize", origin=origin, vocab_size=vocab, tokenize=cfg.tokenize.model_dump()))
+        for split, tmp in zip(SPLITS, split_tmps):
             files = {d: corpus / d / f"{split}.jsonl" for d in domains if (corpus / d / f"{split}.jsonl").stat().st_size > 0}
-            if not files:
-                continue
-            (tmp / split).mkdir()
-            dsd = tokenize_split(files, tokenizer, cfg.tokenize.num_proc)
-            for d, ds in dsd.items():
-                ids_col, bytes_col = ds["ids"], ds["n_bytes"]
-                docs = len(ids_col)
-                if split == "eval":
-                    ids_col, n_bytes = cap_eval(ids_col, bytes_col, cfg.tokenize.eval_tokens, tokenizer)
-                else:
-                    n_bytes = int(sum(bytes_col))
-                flat = np.fromiter((t for ids in ids_col for t in ids), dtype=dtype)
-                if flat.size < 2:
-                    raise StageError(f"{corpus / d / f'{split}.jsonl'}: tokenizes to {flat.size} token(s); the {split} split of {d} is empty")
-                meta = {"domain": d, "split": split, "dtype": np.dtype(dtype).name, "tokens": int(flat.size),
-                        "documents": len(ids_col), "documents_in_split": docs, "bytes": n_bytes,
-                        "vocab_size": vocab, "eos_id": tokenizer.eos_token_id, "tokenizer_sha256": tok_hash}
-                write_tokens(tmp / split / d, flat, meta)
-                summary.setdefault(d, {})[f"{split}_tokens"] = int(flat.size)
-                summary[d][f"{split}_bytes_per_token"] = round(n_bytes / flat.size, 3)
-        write_json(tmp / "shardmix.json", provenance("tokenize", cfg, tokenizer=str(args.tokenizer_out), vocab_size=vocab))
+            if files:
+                for d, meta in tokenize_files(files, split, tokenizer, dtype, cfg, tmp).items():
+                    summary.setdefault(d, {})[f"{split}_tokens"] = meta["tokens"]
+                    summary[d][f"{split}_bytes_per_token"] = round(meta["bytes"] / meta["tokens"], 3)
+            write_json(tmp / "shardmix.json", made_by("tokenize", split=split, tokenizer_sha256=tok_hash, domains=sorted(files)))
     write_json(args.metrics, {"vocab_size": vocab, "domains": summary})
+    run.write(vocab_size=vocab, tokens={d: s.get("train_tokens") for d, s in summary.items()})
     log.info("token files in %s: %s", args.out, {d: s.get("train_tokens") for d, s in summary.items()})
 
 
-def cap_eval(ids_col: list[list[int]], bytes_col: list[int], cap: int, tokenizer) -> tuple[list[list[int]], int]:
-    """Whole documents up to ``cap`` tokens; the last one cut, with its bytes from the decoded text."""
-    out, n_bytes, total = [], 0, 0
-    for ids, b in zip(ids_col, bytes_col):
+def tokenize_files(files: dict[str, Path], split: str, tokenizer, dtype, cfg: Config, out: Path) -> dict[str, dict]:
+    """Tokenize one split's JSONL files into ``out/<domain>.bin`` (+ index); return each file's meta."""
+    metas = {}
+    dsd = tokenize_split(files, tokenizer, cfg.tokenize.num_proc)
+    for d, ds in dsd.items():
+        ids_col, bytes_col = ds["ids"], ds["tbytes"]
+        docs = len(ids_col)
+        if split == "eval":
+            ids_col, bytes_col = cap_eval(ids_col, bytes_col, cfg.tokenize.eval_tokens)
+        lengths = np.fromiter((len(ids) for ids in ids_col), dtype=np.int64, count=len(ids_col))
+        flat = np.fromiter((t for ids in ids_col for t in ids), dtype=dtype, count=int(lengths.sum()))
+        if flat.size < 2:
+            raise StageError(f"{files[d]}: tokenizes to {flat.size} token(s); the {split} split of {d} is empty")
+        tbytes = np.fromiter((b for bs in bytes_col for b in bs), dtype=np.int64, count=flat.size)
+        meta = {"domain": d, "split": split, "dtype": np.dtype(dtype).name, "documents_in_split": docs,
+                "vocab_size": len(tokenizer), "eos_id": tokenizer.eos_token_id}
+        write_token_file(out / d, flat, np.concatenate([[0], np.cumsum(lengths)]), tbytes, meta)
+        metas[d] = {"tokens": int(flat.size), "bytes": int(tbytes.sum())}
+    return metas
+
+
+def cap_eval(ids_col: list[list[int]], bytes_col: list[list[int]], cap: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Whole documents up to ``cap`` tokens; the last one cut at a token boundary."""
+    ids_out, bytes_out, total = [], [], 0
+    for ids, bs in zip(ids_col, bytes_col):
         room = cap - total
         if room <= 1:
             break
-        if len(ids) <= room:
-            out.append(ids)
-            n_bytes += b
-            total += len(ids)
-        else:
-            cut = ids[:room]
-            out.append(cut)
-            n_bytes += len(tokenizer.decode(cut[1:]).encode())
-            total += room
+        ids_out.append(ids[:room])
+        bytes_out.append(bs[:room])
+        total += min(room, len(ids))
+        if len(ids) > room:
             break
-    return out, n_bytes
+    return ids_out, bytes_out
 
 
 def cli(argv: list[str] | None = None) -> int:
     p = stage_parser(__doc__.splitlines()[0])
-    p.add_argument("--corpus", type=Path, default=Path("data/corpus"))
-    p.add_argument("--out", type=Path, default=TOKENS_DIR)
-    p.add_argument("--tokenizer-out", type=Path, default=TOKENIZER_DIR)
-    p.add_argument("--metrics", type=Path, default=Path("metrics/tokens.json"))
+    p.add_argument("--corpus", type=Path, required=True, help="the prepare stage's corpus folder")
+    p.add_argument("--out", type=Path, required=True, help="token files go to OUT/{train,base,eval}/")
+    p.add_argument("--tokenizer-out", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
     return run_stage(main, p, argv)
 
 

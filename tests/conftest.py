@@ -82,6 +82,7 @@ TINY_PARAMS = {
     "shards": {"code": {"domain": "code"}, "prose": {"domain": "prose"}, "legal": {"domain": "legal"}},
     "eval": {"domains": None, "seq_len": 64, "batch_size": 8},
     "mixtures": {"weighting": "tokens", "subsets": [{"k": 2}]},
+    "report": {"bootstrap": 1000},
     "validation": {"mixtures": {"code+prose": {"shards": ["code", "prose"]}, "prose+legal": {"shards": ["prose", "legal"]},
                                 "code+prose+legal": {"shards": ["code", "prose", "legal"]}}},
 }

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.common import StageError
+from pipeline.lib.runtime import StageError
 from pipeline.config import ShardSpec
-from pipeline.data import Slice, TokenFile, batches, mixture_schedule, shard_slice
+from pipeline.lib.tokens import Slice, TokenFile, batches, mixture_schedule, shard_slice
 
 
 def make_file(dirpath: Path, name: str, n: int, offset: int = 0) -> TokenFile:

@@ -11,18 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.config import ConfigError
-from pipeline.merge import (
-    Mixture,
-    MixturesConfig,
-    SubsetSpec,
-    load_mixtures_config,
-    merge_into,
-    merge_many_into,
-    resolve_mixtures,
-    subsets,
-)
-from pipeline.pool import ShardPool
+import yaml
+
+from pipeline.config import ConfigError, load_config
+from pipeline.config import MixturesConfig, SubsetSpec
+from pipeline.lib.merging import merge_into, merge_many_into
+from pipeline.lib.mixtures import Mixture, resolve_mixtures, subsets
+from pipeline.lib.pool import ShardPool
 from tests.test_pool import make_checkpoints
 
 SHARDS = ["a", "b", "c", "d"]
@@ -87,9 +82,12 @@ def test_weighting_uniform_tokens_and_explicit_ratios():
     ({"weighting": "by-vibes"}, "mixtures.weighting", "'tokens' or 'uniform'"),
     ({"typo": 1}, "mixtures.typo", "unknown key"),
 ])
-def test_invalid_mixtures_name_the_key(raw, key, words):
+def test_invalid_mixtures_name_the_key(raw, key, words, tmp_path):
+    params = {"prepare": {"domains": SHARDS}, "base": {"tokens": 1, "lr": 1e-3}, "train": {"tokens": 1, "lr": 1e-3},
+              "shards": {s: {"domain": s} for s in SHARDS}, "mixtures": raw}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ConfigError) as e:
-        load_mixtures_config(raw, "params.yaml")
+        load_config(tmp_path / "params.yaml")
     assert key in str(e.value) and words in str(e.value), str(e.value)
 
 
@@ -129,7 +127,7 @@ WEIGHTS = [[0.25, 0.25, 0.25, 0.25], [0.7, 0.3, 0.0, 0.0], [0.0, 0.1, 0.0, 0.9],
 
 @pytest.mark.parametrize("impl", ["auto", "reference"])
 def test_merge_into_equals_reference_average(ckpts, impl):
-    from pipeline.model import load_model
+    from pipeline.lib.models import load_model
 
     base, shards = ckpts
     model = load_model(base)
@@ -147,7 +145,7 @@ def test_merge_into_equals_reference_average(ckpts, impl):
 
 
 def test_untied_model_merges_its_head(tmp_path: Path):
-    from pipeline.model import load_model
+    from pipeline.lib.models import load_model
 
     base, shards = make_checkpoints(tmp_path, k=2, tie=False)
     model = load_model(base)
@@ -161,7 +159,7 @@ def test_untied_model_merges_its_head(tmp_path: Path):
 def test_merge_many_equals_one_at_a_time_and_skips_unused_shards(ckpts, monkeypatch):
     import copy
 
-    from pipeline.model import load_model
+    from pipeline.lib.models import load_model
 
     base, shards = ckpts
     models = [load_model(base) for _ in range(3)]
@@ -187,7 +185,7 @@ def test_merge_many_equals_one_at_a_time_and_skips_unused_shards(ckpts, monkeypa
 
 
 def test_merge_into_rejects_another_model(ckpts, tmp_path: Path):
-    from pipeline.common import StageError
+    from pipeline.lib.runtime import StageError
     from tests.test_pool import tiny_llama
 
     base, shards = ckpts
@@ -200,7 +198,7 @@ def test_merge_matches_mergekit_linear(ckpts, tmp_path: Path):
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
-    from pipeline.model import load_model
+    from pipeline.lib.models import load_model
 
     base, shards = ckpts
     model = load_model(base)
@@ -223,16 +221,15 @@ def test_merge_matches_mergekit_linear(ckpts, tmp_path: Path):
 
 
 def test_streaming_perplexity_of_merged_model_equals_full_logits(ckpts, tmp_path: Path):
-    from pipeline.data import TokenFile
-    from pipeline.evaluate import EvalSet, evaluate
-    from pipeline.model import load_model
+    from pipeline.lib.models import load_model
+    from pipeline.lib.scoring import EvalSet, evaluate
+    from pipeline.lib.tokens import TokenFile, write_token_file
 
     base, shards = ckpts
     model = load_model(base)
     L, n_win = 16, 6
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, n_win * L + 1).astype(np.uint16)
-    ids.tofile(tmp_path / "d.bin")
-    (tmp_path / "d.json").write_text(f'{{"tokens": {ids.size}, "dtype": "uint16", "bytes": 1000}}')
+    write_token_file(tmp_path / "d", ids, np.array([0, ids.size]), np.ones(ids.size), {"dtype": "uint16"})  # one document
     eset = EvalSet("d", TokenFile.open(tmp_path / "d.bin"), L)
     windows = torch.from_numpy(np.stack([ids[i * L : i * L + L + 1] for i in range(n_win)]).astype(np.int64))
     with ShardPool(shards, seed=base) as pool:

@@ -16,6 +16,8 @@ from tests.conftest import dvc, git, run_module, write_jsonl, write_params
 
 pytestmark = pytest.mark.slow
 
+PREPARE_ARGS = ("--out", "data/corpus", "--metrics", "metrics/corpus.json")
+
 
 def stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
@@ -73,8 +75,10 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
 
     # seeds make runs reproducible: the seed model and a shard model, trained again, are bit-identical
     rerun = project.parent / "rerun"
-    run_module("pipeline.base", "--out", str(rerun / "base"), "--live", str(rerun / "live-base"), cwd=project)
-    run_module("pipeline.train", "--shard", "code", "--out", str(rerun / "code"), "--live", str(rerun / "live-code"), cwd=project)
+    run_module("pipeline.base", "--tokenizer", "tokenizer", "--tokens", "data/tokens/base", "--out", str(rerun / "base"),
+               "--live", str(rerun / "live-base"), cwd=project)
+    run_module("pipeline.train", "--shard", "code", "--base", "models/base", "--tokens", "data/tokens",
+               "--out", str(rerun / "code"), "--live", str(rerun / "live-code"), cwd=project)
     for first, second in (("models/base", rerun / "base"), ("models/shards/code", rerun / "code")):
         a, b = load_file(project / first / "model.safetensors"), load_file(second / "model.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), first
@@ -84,12 +88,13 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     run_module("pipeline.replicate", "--seed-offset", "1", "--out", str(rep), cwd=project)
     meta = json.loads((rep / "models/code+prose/shardmix.json").read_text())
     truth_meta = json.loads((project / "models/mixtures/code+prose/shardmix.json").read_text())
-    assert meta["seed"] == truth_meta["seed"] + 1 and meta["recipe"] == truth_meta["recipe"] and meta["weights"] == truth_meta["weights"]
+    assert meta["data_seed"] == truth_meta["data_seed"] + 1 and meta["recipe"] == truth_meta["recipe"] and meta["weights"] == truth_meta["weights"]
     with np.load(rep / "nll/code+prose.npz") as a, np.load(project / "data/nll/truth/code+prose.npz") as b:
         assert a["code"].shape == b["code"].shape and not np.array_equal(a["code"], b["code"])  # another data order
     again = run_module("pipeline.replicate", "--seed-offset", "1", "--out", str(rep), cwd=project)
     assert again.stderr.count("done already") == 3, again.stderr  # resumes: nothing retrained
-    run_module("pipeline.report", "--replicate", str(rep / "nll"), "--out", str(rep / "report.json"),
+    report_args = ["--proxy", "metrics/proxy.json", "--truth-nll", "data/nll/truth", "--nll", "data/nll/shards"]
+    run_module("pipeline.report", *report_args, "--replicate", str(rep / "nll"), "--out", str(rep / "report.json"),
                "--plots", str(rep / "plots"), "--reports", str(rep / "reports"), cwd=project)
     with_rep = json.loads((rep / "report.json").read_text())
     assert set(with_rep["proxies"]) == {"merged", "mean_shard_ppl", "best_shard", "ensemble", "truth_replicate"}
@@ -97,7 +102,8 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     assert "| truth_replicate |" in (rep / "reports/summary.md").read_text()
     assert "truth_replicate" in (rep / "plots/report_scatter.csv").read_text().splitlines()[0]
     (rep / "empty").mkdir()
-    bad = run_module("pipeline.report", "--replicate", str(rep / "empty"), "--out", str(rep / "bad.json"), cwd=project, check=False)
+    bad = run_module("pipeline.report", *report_args, "--replicate", str(rep / "empty"), "--out", str(rep / "bad.json"),
+                     "--plots", str(rep / "plots"), "--reports", str(rep / "reports"), cwd=project, check=False)
     assert bad.returncode == 2 and "empty/code+prose.npz" in bad.stderr and "pipeline.replicate" in bad.stderr, bad.stderr
     assert not (rep / "bad.json").exists()
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
@@ -130,7 +136,7 @@ def test_truncated_corpus_file_is_a_clear_error_and_writes_nothing(project: Path
     corpus = project / "corpus.jsonl"
     data = corpus.read_bytes()
     corpus.write_bytes(data[: len(data) // 2 + 7])  # cut inside a line
-    proc = run_module("pipeline.prepare", cwd=project, check=False)
+    proc = run_module("pipeline.prepare", *PREPARE_ARGS, cwd=project, check=False)
     assert proc.returncode != 0
     assert "corpus.jsonl" in proc.stderr, proc.stderr
     assert not (project / "data/corpus").exists() and not (project / "metrics/corpus.json").exists()
@@ -140,18 +146,19 @@ def test_truncated_corpus_file_is_a_clear_error_and_writes_nothing(project: Path
 def test_params_type_error_exits_2_naming_the_key(project: Path, tiny_params):
     tiny_params["prepare"]["max_mb"] = "big"
     write_params(project / "params.yaml", tiny_params)
-    proc = run_module("pipeline.prepare", cwd=project, check=False)
+    proc = run_module("pipeline.prepare", *PREPARE_ARGS, cwd=project, check=False)
     assert proc.returncode == 2
     assert "prepare.max_mb" in proc.stderr and "params.yaml" in proc.stderr
     assert not (project / "data").exists()
 
 
 def test_unknown_names_are_clear_errors(project: Path, tiny_params):
-    proc = run_module("pipeline.train", "--shard", "nope", cwd=project, check=False)
+    proc = run_module("pipeline.train", "--shard", "nope", "--base", "models/base", "--tokens", "data/tokens",
+                      "--out", "models/shards/nope", "--live", "metrics/train/nope", cwd=project, check=False)
     assert proc.returncode == 2 and "no shard named 'nope'" in proc.stderr and "code" in proc.stderr
     tiny_params["prepare"]["domains"] = ["no_such_domain"]
     write_params(project / "params.yaml", tiny_params)
-    proc = run_module("pipeline.prepare", cwd=project, check=False)
+    proc = run_module("pipeline.prepare", *PREPARE_ARGS, cwd=project, check=False)
     assert proc.returncode == 2 and "no_such_domain" in proc.stderr and "known domains" in proc.stderr
 
 
@@ -161,7 +168,7 @@ def test_empty_domain_and_empty_shard(project: Path, tiny_params, corpus_rows):
     write_jsonl(project / "corpus.jsonl", rows)
     tiny_params["shards"]["short"] = {"domain": "short"}
     write_params(project / "params.yaml", tiny_params)
-    proc = run_module("pipeline.prepare", cwd=project, check=False)
+    proc = run_module("pipeline.prepare", *PREPARE_ARGS, cwd=project, check=False)
     assert proc.returncode == 2 and "domain short: no documents left" in proc.stderr, proc.stderr
     assert not (project / "data/corpus").exists()
 
@@ -171,7 +178,8 @@ def test_empty_domain_and_empty_shard(project: Path, tiny_params, corpus_rows):
     tiny_params["validation"] = {"mixtures": {}}
     write_params(project / "params.yaml", tiny_params)
     dvc(project, "repro", "base")
-    proc = run_module("pipeline.train", "--shard", "sliver", cwd=project, check=False)
+    proc = run_module("pipeline.train", "--shard", "sliver", "--base", "models/base", "--tokens", "data/tokens",
+                      "--out", "models/shards/sliver", "--live", "metrics/train/sliver", cwd=project, check=False)
     assert proc.returncode == 2 and "shard sliver" in proc.stderr and "less than one window" in proc.stderr, proc.stderr
     assert not (project / "models/shards/sliver").exists()
     assert not (project / "metrics/train/sliver").exists()

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.common import StageError
-from pipeline.pool import ShardPool
+from pipeline.lib.runtime import StageError
+from pipeline.lib.pool import ShardPool
 
 
 def tiny_llama(seed: int = 0, tie: bool = True, hidden: int = 16, vocab: int = 97, layers: int = 2):

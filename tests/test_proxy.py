@@ -42,7 +42,8 @@ PROXY_PLOT = {"plots/proxy.csv": {"template": "heatmap", "x": "domain", "y": "mi
 @pytest.fixture(scope="module")
 def artefacts(tmp_path_factory) -> Path:
     """models/{base,shards/*} and data/tokens/{train,eval} of a tiny project, made once."""
-    from pipeline.tokenize import train_tokenizer
+    from pipeline.lib.tokens import write_token_file
+    from pipeline.tokenize import bytes_per_token, train_tokenizer
 
     root = tmp_path_factory.mktemp("artefacts")
     texts = {d: inspect.getsource(m) for d, m in DOMAINS.items()}
@@ -53,11 +54,13 @@ def artefacts(tmp_path_factory) -> Path:
     for i, d in enumerate(DOMAINS):
         perturbed(seed, i).save_pretrained(root / "models/shards" / d)
     for d, text in texts.items():
-        ids = np.asarray([tok.eos_token_id, *tok(text[:6000])["input_ids"]], dtype=np.uint16)
-        for split, arr, n_bytes in (("eval", ids, len(text[:6000].encode())), ("train", np.zeros(TRAIN_TOKENS[d], np.uint16), 1)):
+        enc = tok(text[:6000], return_offsets_mapping=True)
+        ids = np.asarray([tok.eos_token_id, *enc["input_ids"]], dtype=np.uint16)
+        nbytes = np.asarray([0, *bytes_per_token(text[:6000], enc["offset_mapping"])])
+        train = np.zeros(TRAIN_TOKENS[d], np.uint16)
+        for split, arr, tb in (("eval", ids, nbytes), ("train", train, np.ones_like(train))):
             (root / "data/tokens" / split).mkdir(parents=True, exist_ok=True)
-            arr.tofile(root / "data/tokens" / split / f"{d}.bin")
-            (root / "data/tokens" / split / f"{d}.json").write_text(json.dumps({"tokens": int(arr.size), "dtype": "uint16", "bytes": n_bytes}))
+            write_token_file(root / "data/tokens" / split / d, arr, np.array([0, arr.size]), tb, {"dtype": "uint16"})
     return root
 
 
@@ -89,11 +92,15 @@ def add_stage(root: Path) -> None:
         template.write_text(json.dumps(HEATMAP_TEMPLATE, indent=2))
 
 
+PROXY_ARGS = ["--base", "models/base", "--shards-dir", "models/shards", "--tokens", "data/tokens",
+              "--out", "metrics/proxy.json", "--plot", "plots/proxy.csv"]
+
+
 def run_proxy(root: Path, monkeypatch, *args: str) -> int:
     from pipeline.proxy import cli
 
     monkeypatch.chdir(root)
-    return cli(list(args))
+    return cli([*PROXY_ARGS, *args])
 
 
 def assert_no_outputs(root: Path) -> None:
@@ -124,13 +131,12 @@ def test_proxy_stage_through_dvc(project: Path, artefacts: Path, tiny_params):
 
 
 def test_proxy_scores_equal_scoring_the_models_directly(proj: Path, monkeypatch):
-    from pipeline.evaluate import evaluate, load_eval_sets
-    from pipeline.model import load_model, load_tokenizer
-    from pipeline.proxy import cap_eval_sets
+    from pipeline.lib.scoring import evaluate, load_eval_sets
+    from pipeline.lib.models import load_model
 
     assert run_proxy(proj, monkeypatch) == 0
     m = json.loads((proj / "metrics/proxy.json").read_text())
-    sets = cap_eval_sets(load_eval_sets(Path("data/tokens"), sorted(DOMAINS), 64), 200, load_tokenizer("models/base"))
+    sets = load_eval_sets(Path("data/tokens"), sorted(DOMAINS), 64, limit=200)
     legal = evaluate(load_model("models/shards/legal"), sets, 8)
     for d in DOMAINS:
         assert m["shards"]["legal"]["eval"][d]["ppl"] == pytest.approx(legal[d]["ppl"], rel=1e-5)
@@ -213,8 +219,8 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(proj: Path, monkeypatch, 
 
 
 def test_failure_while_scoring_writes_nothing(proj: Path, monkeypatch, caplog):
-    from pipeline import evaluate as ev
-    from pipeline.common import StageError
+    from pipeline.lib import sweep as ev
+    from pipeline.lib.runtime import StageError
 
     calls = {"n": 0}
     real = ev.evaluate

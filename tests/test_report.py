@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.stats
 
-from pipeline.report import analyse, bootstrap, ensemble_logppl, pairwise_accuracy, pearson, pooled_within, spearman
+from pipeline.lib.stats import analyse, bootstrap, pairwise_accuracy, pearson, pooled_within, spearman
+from pipeline.report import ensemble_logppl
 
 
 def test_perfect_and_inverted_rankings():
@@ -145,11 +148,15 @@ def test_pair_kinds_and_out_of_mixture_shift():
     assert shift["merged"] == {"2": pytest.approx(0.2), "3": pytest.approx(0.1)}
 
 
-def test_negative_bootstrap_is_a_clear_error(monkeypatch):
-    from pathlib import Path
+def test_negative_bootstrap_is_a_clear_error(tmp_path, caplog):
+    import yaml
 
     from pipeline.report import cli
 
-    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the repository's params.yaml
-    assert cli(["--bootstrap", "-1", "--out", "never-written.json"]) == 2
-    assert not Path("never-written.json").exists()
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["report"] = {"bootstrap": -1}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "never-written.json"
+    assert cli(["--params", str(tmp_path / "params.yaml"), "--proxy", "p.json", "--truth-nll", "t", "--nll", "n",
+                "--out", str(out), "--plots", str(tmp_path), "--reports", str(tmp_path)]) == 2
+    assert "report.bootstrap" in caplog.text and not out.exists()

@@ -7,7 +7,9 @@ from collections import Counter
 
 import yaml
 
-from pipeline.validation import ValidationConfig, main, sample, to_params
+from pipeline.config import ValidationConfig
+from pipeline.lib.mixtures import sample, to_params
+from pipeline.validation import main
 from tests.conftest import REPO
 
 

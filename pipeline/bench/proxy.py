@@ -135,7 +135,7 @@ def ensure_eval_tokens(seed: Path, root: Path, windows: int, seq_len: int, real_
     n = windows * seq_len + 1
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"eval-{windows}x{seq_len}.bin"
-    if path.is_file():
+    if path.is_file() and path.with_suffix(".docs.npy").is_file():
         return path
     config = json.loads((seed / "config.json").read_text())
     if real_text:
@@ -153,8 +153,12 @@ def ensure_eval_tokens(seed: Path, root: Path, windows: int, seq_len: int, real_
     else:
         ids = np.random.default_rng(0).integers(0, config["vocab_size"], n)
         n_bytes = 4 * (n - 1)
-    ids.astype(np.uint32).tofile(path)
-    path.with_suffix(".json").write_text(json.dumps({"tokens": n, "dtype": "uint32", "bytes": n_bytes}))
+    from pipeline.lib.tokens import write_token_file
+
+    per_token = np.zeros(n, np.int64)  # one document; its bytes spread over the predicted tokens
+    per_token[1:] = n_bytes // (n - 1)
+    per_token[-1] += n_bytes - per_token.sum()
+    write_token_file(path, ids.astype(np.uint32), np.array([0, n]), per_token, {"dtype": "uint32"})
     return path
 
 
@@ -179,8 +183,8 @@ def _status_mb(key: str) -> float:
 
 
 def _eval_set(spec: dict):
-    from pipeline.data import TokenFile
-    from pipeline.evaluate import EvalSet
+    from pipeline.lib.scoring import EvalSet
+    from pipeline.lib.tokens import TokenFile
 
     return EvalSet("bench", TokenFile.open(spec["tokens"]), spec["seq_len"])
 
@@ -207,11 +211,11 @@ def worker(method: str, spec: dict) -> dict:
     import torch
     import transformers  # noqa: F401  (imported before the baseline is taken)
 
-    from pipeline.evaluate import evaluate
     from pipeline.kernels import available_impls
-    from pipeline.merge import merge_into
-    from pipeline.model import load_model
-    from pipeline.pool import ShardPool
+    from pipeline.lib.merging import merge_into
+    from pipeline.lib.models import load_model
+    from pipeline.lib.pool import ShardPool
+    from pipeline.lib.scoring import evaluate
 
     torch.set_num_threads(spec["threads"])
     available_impls()  # load the C++ extension before measuring
@@ -323,7 +327,7 @@ def run_worker(method: str, spec: dict, timeout: float = 3600) -> dict:
 
 
 def stage_cost(root: Path, mixtures: int, domains: int, tokens_per_domain: list[int], threads: int) -> dict:
-    """Time :func:`pipeline.proxy.score_all` on the default-size model (random weights, random tokens).
+    """Time :func:`pipeline.lib.sweep.score_all` on the default-size model (random weights, random tokens).
 
     Returns per-mixture merge/eval seconds for each eval-token cap and the projected stage time
     for 60 mixtures of 10 shards (+ 11 references) at that cap.
@@ -331,10 +335,10 @@ def stage_cost(root: Path, mixtures: int, domains: int, tokens_per_domain: list[
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pipeline.data import TokenFile
-    from pipeline.evaluate import EvalSet
-    from pipeline.merge import Mixture
-    from pipeline.proxy import score_all
+    from pipeline.lib.mixtures import Mixture
+    from pipeline.lib.scoring import EvalSet
+    from pipeline.lib.sweep import score_all
+    from pipeline.lib.tokens import TokenFile
 
     torch.set_num_threads(threads)
     seed = root / "stage-seed"
@@ -369,7 +373,7 @@ def stage_cost(root: Path, mixtures: int, domains: int, tokens_per_domain: list[
 def bench(args) -> dict:
     import random
 
-    from pipeline.pool import Checkpoint
+    from pipeline.lib.pool import Checkpoint
 
     root = CACHE / "bench_proxy"
     quick = args.quick
@@ -464,7 +468,7 @@ def _r(x: float | None, nd: int = 3) -> float | None:
 def write_csv(row: dict, quick: bool) -> Path:
     """Append ``row`` to ``results/proxy[_quick].csv``. When the columns changed, the file is
     rewritten (atomically) with the union of the columns, so earlier runs stay beside the new one."""
-    from pipeline.common import write_text_atomic
+    from pipeline.lib.outputs import write_text_atomic
 
     path = RESULTS / ("proxy_quick.csv" if quick else "proxy.csv")
     flat = {"date": time.strftime("%Y-%m-%d %H:%M"), **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()}}

@@ -9,7 +9,7 @@ tensor is read, the pool checks that
 - each shard's ``config.json`` describes the same architecture as the seed's,
 - every shard holds exactly the seed's tensors with the same shapes and dtypes;
 
-and a failure is a :class:`~pipeline.common.StageError` that names the tensor (or config key),
+and a failure is a :class:`~pipeline.lib.runtime.StageError` that names the tensor (or config key),
 the two files involved and the fix.
 
 Tensors are then read zero-copy: each weight file is mapped once (``mmap``, private,
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.common import StageError
+from pipeline.lib.runtime import StageError
 
 if TYPE_CHECKING:
     import torch
@@ -203,7 +203,11 @@ class ShardPool:
                 if mine is None:
                     raise StageError(f"{ck.folder / WEIGHTS}: tensor {name} is missing (it is in {ref_w}); "
                                      f"the checkpoint is incomplete or of another model; {ck.fix}")
-                if mine.shape != info.shape or mine.dtype != info.dtype:
+                if mine.shape == info.shape and mine.dtype != info.dtype:
+                    raise StageError(f"tensor {name}: stored as {mine.dtype} in {mine.file} but as {info.dtype} in {info.file}: "
+                                     f"the checkpoints were saved in different precisions (the shapes match); save every "
+                                     f"shard in the seed's precision ({info.dtype}), e.g. model.float().save_pretrained(...); {ck.fix}")
+                if mine.shape != info.shape:
                     raise StageError(f"tensor {name}: {list(mine.shape)} {mine.dtype} in {mine.file} but {list(info.shape)} "
                                      f"{info.dtype} in {info.file}; the shard was not trained from this seed model; {ck.fix}")
             extra = sorted(set(ck.tensors) - set(ref.tensors))

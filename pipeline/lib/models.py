@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 
-from pipeline.common import StageError, atomic_dir, write_json
+from pipeline.lib.outputs import atomic_dir, write_json
+from pipeline.lib.pool import Checkpoint
+from pipeline.lib.runtime import StageError
 from pipeline.config import ModelConfig
 
-log = logging.getLogger("pipeline.model")
+log = logging.getLogger(__name__)
 
 META_FILE = "shardmix.json"
 
@@ -49,6 +51,9 @@ def load_model(path: str | Path):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise StageError(f"{path}: not a model folder (no config.json); give a local Hugging Face checkpoint folder, or rerun the stage that makes it (dvc repro)")
+    if (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists():
+        # headers first: a truncated or damaged file is a clear error, not a SafetensorError traceback
+        Checkpoint(path, "rerun the stage that makes it (dvc repro), or copy the checkpoint again")
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as e:

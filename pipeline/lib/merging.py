@@ -1,0 +1,100 @@
+"""``merge_into``: the weighted average of K shard checkpoints, written in place into a resident model.
+
+:func:`merge_into` writes ``sum_k w_k * theta_k`` into a resident model's parameters, tensor by
+tensor and chunk by chunk, straight from the memory-mapped shard files of a
+:class:`~pipeline.lib.pool.ShardPool` through the fused kernel
+(:func:`pipeline.kernels.multi_weighted_sum`): no merged state dict, no per-shard model. Shards with
+weight 0 are never read. A parameter shared by several names (tied input/output embeddings) is
+written once; buffers are never touched, so they stay as the resident (seed) model has them.
+:func:`merge_many_into` does the same for M models and M weight vectors at once, reading each
+shard tensor once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from pipeline.kernels import multi_weighted_sum
+from pipeline.lib.runtime import StageError
+
+if TYPE_CHECKING:
+    from pipeline.lib.pool import ShardPool
+
+CHUNK_BYTES = 64 << 20  # shard bytes read per fused-kernel call (bounds resident mmap pages)
+
+
+def merge_plan(model: torch.nn.Module, pool: ShardPool) -> list[tuple[str, torch.Tensor]]:
+    """``(checkpoint tensor name, parameter)`` for every distinct parameter of ``model``.
+
+    A parameter with several names (tied embeddings) appears once, under the name the checkpoints
+    store (a tied model's safetensors file has no ``lm_head.weight``). Raises StageError when a
+    parameter is in no checkpoint or has another shape.
+    """
+    names: dict[int, list[str]] = {}
+    params: dict[int, torch.Tensor] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(n)
+        params[id(p)] = p
+    ref = pool.reference.folder
+    plan = []
+    for pid, ns in names.items():
+        src = next((n for n in ns if n in pool), None)
+        p = params[pid]
+        if src is None:
+            raise StageError(f"parameter {ns[0]} of the resident model is in no checkpoint of {ref}: the resident model "
+                             f"must be loaded from the seed folder the shards were trained from")
+        info = pool.info(src)
+        if tuple(p.shape) != info.shape:
+            raise StageError(f"parameter {src}: {list(p.shape)} in the resident model but {list(info.shape)} in {info.file}: "
+                             f"the resident model must be loaded from the seed folder {ref}")
+        if p.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not p.is_contiguous():
+            raise StageError(f"parameter {src} is {p.dtype}{'' if p.is_contiguous() else ', not contiguous'}: "
+                             f"load the resident model in float32 (pipeline.lib.models.load_model)")
+        plan.append((src, p))
+    return plan
+
+
+def merge_into(model: torch.nn.Module, weights: Sequence[float], pool: ShardPool, *, impl: str = "auto",
+               chunk_bytes: int = CHUNK_BYTES) -> None:
+    """Set every parameter of ``model`` to ``sum_k weights[k] * theta_k`` (shard k of ``pool``), in place.
+
+    ``weights`` has one entry per shard of the pool (normalise them first for an average). The
+    model's buffers are left as they are. Peak extra memory: about ``chunk_bytes`` of mapped shard
+    pages, whatever K is.
+    """
+    merge_many_into([model], [list(weights)], pool, impl=impl, chunk_bytes=chunk_bytes)
+
+
+def merge_many_into(models: Sequence[torch.nn.Module], weights: Sequence[Sequence[float]], pool: ShardPool, *,
+                    impl: str = "auto", chunk_bytes: int = CHUNK_BYTES) -> None:
+    """``merge_into`` for M models and an [M, K] weight matrix, reading each shard tensor once.
+
+    The models must be distinct objects with the same architecture as the pool's checkpoints.
+    """
+    w = torch.as_tensor([list(map(float, row)) for row in weights], dtype=torch.float64)
+    if w.dim() != 2 or w.shape[0] != len(models) or w.shape[1] != len(pool):
+        raise ValueError(f"weights must be [{len(models)} models, {len(pool)} shards], got {list(w.shape)}")
+    if not torch.isfinite(w).all():
+        raise ValueError(f"weights must be finite, got {w.tolist()}")
+    ks = [k for k in range(len(pool)) if bool((w[:, k] != 0).any())]  # shards nobody uses are never read
+    w = w[:, ks].to(torch.float32)
+    plans = [merge_plan(m, pool) for m in models]
+    with torch.no_grad():
+        for i, (src, _) in enumerate(plans[0]):
+            outs = [plan[i][1].data.view(-1) for plan in plans]
+            if not ks:
+                for o in outs:
+                    o.zero_()
+                continue
+            views = [v.view(-1) for v in pool.views(src, ks)]
+            n = outs[0].numel()
+            step = max(4096, chunk_bytes // (len(ks) * views[0].element_size()))
+            for a in range(0, n, step):
+                b = min(n, a + step)
+                multi_weighted_sum([v[a:b] for v in views], w, [o[a:b] for o in outs], impl=impl)
+                pool.release(src, ks, a, b)
+            del views
+    pool.release_all()

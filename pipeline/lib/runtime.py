@@ -1,0 +1,102 @@
+"""How every stage runs: its command line, logging, user errors, threads, seeds and progress bars.
+
+A stage's ``cli()`` builds its parser with :func:`stage_parser` and hands its ``main(args, cfg)`` to
+:func:`run_stage`, which validates the whole params file before any work starts and turns the
+errors a user can act on (:class:`~pipeline.config.ConfigError`, :class:`StageError`) into one
+message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.config import DEFAULT_PARAMS, Config, ConfigError, load_config
+
+log = logging.getLogger("pipeline")
+
+
+class StageError(RuntimeError):
+    """An error a user can act on: the message names the file, the key and the fix."""
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("urllib3", "filelock", "datasets", "fsspec", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_stage(main: Callable[[argparse.Namespace, Config], None], parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse arguments, load and validate params, run ``main``; user errors exit 2 with one message."""
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not sys.stderr.isatty():  # library progress bars garble DVC and CI logs; ours log instead
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    signal.signal(signal.SIGTERM, _terminate)  # clean up temporary outputs when killed, as on Ctrl-C
+    try:
+        cfg = load_config(args.params)
+        main(args, cfg)
+    except (ConfigError, StageError) as e:
+        log.error("%s", e)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; no partial output was kept")
+        return 130
+    return 0
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
+
+
+def resolved_threads(threads: int) -> int:
+    """params ``threads``: 0 means every core of this machine."""
+    return threads or os.cpu_count() or 1
+
+
+def configure_threads(threads: int) -> None:
+    """Set torch's threads from params ``threads`` (every stage that runs torch calls this first)."""
+    import torch
+
+    torch.set_num_threads(resolved_threads(threads))
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def progress(iterable=None, **kw):
+    """tqdm on a terminal; periodic log lines otherwise (DVC and CI logs stay readable)."""
+    from tqdm.auto import tqdm
+
+    if sys.stderr.isatty():
+        return tqdm(iterable, **kw)
+    kw.setdefault("mininterval", 15.0)
+    kw.setdefault("ascii", True)
+    return tqdm(iterable, file=sys.stderr, **kw)

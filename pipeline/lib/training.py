@@ -1,0 +1,143 @@
+"""Continued pretraining: the one training loop of the seed, the shard models and the mixture models.
+
+The recipe is the paper's: AdamW (``betas``, ``eps``, gradient clipping and the schedule all from
+params), a token budget, a seeded data order (:func:`pipeline.lib.tokens.mixture_schedule`).
+DVCLive logs loss and learning rate by step. Everything written into an output is fixed by the
+inputs (the same model, data and seed give the same bytes on one machine); throughput and wall
+time are returned apart, for the run record (:class:`pipeline.lib.outputs.RunRecord`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import Config, OptimConfig
+from pipeline.lib.mixtures import resolve_validation
+from pipeline.lib.models import count_params, load_model, load_tokenizer, save_model
+from pipeline.lib.outputs import atomic_dir, made_by
+from pipeline.lib.runtime import StageError, progress, seed_everything
+from pipeline.lib.tokens import Slice, batches, mixture_schedule, shard_slice, shard_token_counts
+
+log = logging.getLogger(__name__)
+
+
+def lr_at(step: int, steps: int, ocfg: OptimConfig) -> float:
+    warm = int(ocfg.warmup_fraction * steps)
+    if step < warm:
+        return ocfg.lr * (step + 1) / warm
+    if ocfg.schedule == "constant":
+        return ocfg.lr
+    t = (step - warm) / max(1, steps - warm)
+    lo = ocfg.lr * ocfg.min_lr_fraction
+    return lo + (ocfg.lr - lo) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def lm_loss(model, x: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy of a batch of windows ``[B, L+1]``."""
+    logits = model(input_ids=x[:, :-1]).logits
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1))
+
+
+def check_git_has_commit() -> None:
+    """DVCLive fails on a git repository without commits; say how to fix it before training."""
+    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True)
+    if inside.returncode == 0 and subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True).returncode != 0:
+        raise StageError("this git repository has no commit yet, and DVCLive needs one to log training curves: "
+                         "commit once (git add -A && git commit -m init), then rerun")
+
+
+def train_model(model, slices: list[Slice], weights: list[float], ocfg: OptimConfig, seed: int, live_dir: Path,
+                desc: str) -> tuple[dict, dict]:
+    """Train ``model`` in place on ``slices`` mixed by ``weights``; log curves with DVCLive into ``live_dir``.
+
+    Returns ``(summary, speed)``: what the run did (steps, tokens, final loss, data; fixed by the
+    inputs) and how fast (seconds, tokens/s; for the run record only).
+    """
+    from dvclive import Live
+
+    check_git_has_commit()
+    seed_everything(seed)
+    per_step = ocfg.batch_size * ocfg.seq_len
+    steps = math.ceil(ocfg.tokens / per_step)
+    schedule, info = mixture_schedule(slices, weights, steps * ocfg.batch_size, ocfg.seq_len, seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=ocfg.lr, betas=(ocfg.adam_beta1, ocfg.adam_beta2), eps=ocfg.adam_eps, weight_decay=ocfg.weight_decay)
+    model.train()
+    t0 = time.perf_counter()
+    tokens_seen, losses = 0, []
+    window_loss, window_tokens = 0.0, 0
+    with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        live.log_params({"tokens": ocfg.tokens, "lr": ocfg.lr, "steps": steps, "batch_size": ocfg.batch_size, "seq_len": ocfg.seq_len})
+        bar = progress(total=steps, desc=desc, unit="step")
+        for step, batch in enumerate(batches(slices, schedule, ocfg.seq_len, ocfg.batch_size)):
+            lr = lr_at(step, steps, ocfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x = torch.from_numpy(batch)
+            loss = lm_loss(model, x)
+            if not torch.isfinite(loss):
+                raise StageError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate (lr={ocfg.lr})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip)
+            opt.step()
+            n = x.shape[0] * ocfg.seq_len
+            tokens_seen += n
+            losses.append(loss.item())
+            window_loss += loss.item()
+            window_tokens += n
+            bar.update(1)
+            if (step + 1) % ocfg.log_every == 0 or step + 1 == steps:
+                live.log_metric("loss", window_loss / math.ceil(window_tokens / per_step))
+                live.log_metric("lr", lr)
+                live.log_metric("tokens", tokens_seen)
+                live.next_step()
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                window_loss, window_tokens = 0.0, 0
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        summary = {"steps": steps, "tokens": tokens_seen,
+                   "final_loss": float(np.mean(losses[-max(1, steps // 10):])), "data": info}
+        speed = {"seconds": round(elapsed, 2), "tokens_per_s": round(tokens_seen / elapsed, 1)}
+        live.summary["final_loss"] = summary["final_loss"]
+    model.eval()
+    log.info("%s: %d steps, %d tokens in %.1fs (%.0f tok/s), final loss %.3f", desc, steps, tokens_seen, elapsed, tokens_seen / elapsed, summary["final_loss"])
+    return summary, speed
+
+
+def continue_pretraining(cfg: Config, name: str, shards: list[str], weights: list[float] | None, out: Path, live_out: Path,
+                         base: Path, tokens_dir: Path, stage: str = "train") -> dict:
+    """Train the seed model on ``shards`` (weights: token-proportional when None) and save it; return its speed."""
+    unknown = [s for s in shards if s not in cfg.shards]
+    if unknown:
+        raise StageError(f"params.yaml: unknown shard(s) {unknown}; known: {sorted(cfg.shards)}")
+    slices = [shard_slice(s, cfg.shards[s], tokens_dir) for s in shards]
+    if weights is None:
+        weights = [s.tokens for s in slices]
+    ocfg = cfg.train.model_copy(update={"tokens": cfg.train.tokens * len(shards)})
+    model = load_model(base)
+    seed = cfg.seed + sum(map(ord, name))  # each model its own, reproducible data order
+    with atomic_dir(live_out) as live_tmp:
+        stats, speed = train_model(model, slices, weights, ocfg, seed, live_tmp, desc=f"train {name}")
+        meta = made_by(stage, name=name, seed=cfg.seed, data_seed=seed, shards=shards, weights=[w / sum(weights) for w in weights],
+                       seed_model=str(base), recipe=ocfg.model_dump(), params=count_params(model), **stats)
+        save_model(model, out, load_tokenizer(base), meta)
+    return speed
+
+
+def mixture_members(cfg: Config, name: str, tokens_dir: Path) -> tuple[list[str], list[float]]:
+    """The shards and normalised weights of validation mixture ``name``, weighted as the proxy weights it."""
+    if name not in cfg.validation.mixtures:
+        raise StageError(f"params.yaml: no mixture named {name!r} under 'validation.mixtures'; known: {sorted(cfg.validation.mixtures)}")
+    members = cfg.validation.mixtures[name].shards
+    tokens = shard_token_counts({s: cfg.shards[s] for s in members}, tokens_dir)
+    only = cfg.validation.model_copy(update={"mixtures": {name: cfg.validation.mixtures[name]}})
+    (mix,) = resolve_validation(only, cfg.mixtures, list(cfg.shards), tokens)
+    return list(mix.shards), list(mix.weights)

@@ -1,0 +1,112 @@
+"""The house rules of the code: dvc.yaml lists exactly the code each stage runs; no import cycles;
+no stage imports another; modules and functions stay small enough to read."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.imports import PKG, REPO, closure, imports_of, module_name, stage_code
+
+MAX_MODULE_LINES = 350  # a longer module says why in its docstring ("Longer than ...")
+MAX_FUNCTION_LINES = 60
+
+
+def dvc_stages() -> dict[str, dict]:
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    vars_ = {k: v for d in spec.get("vars", []) for k, v in d.items()}
+    out = {}
+    for name, st in spec["stages"].items():
+        body = st.get("do", st)
+        text = yaml.safe_dump(body)
+        for k, v in vars_.items():
+            text = text.replace("${" + k + "}", str(v))
+        out[name] = yaml.safe_load(text)
+    return out
+
+
+def code_deps(stage: dict) -> set[str]:
+    """The stage's deps under pipeline/ and csrc/, folders expanded to their source files."""
+    out = set()
+    for d in stage.get("deps", []):
+        if not d.startswith(("pipeline", "csrc")):
+            continue
+        p = REPO / d
+        if p.is_dir():
+            out |= {str(f.relative_to(REPO)) for f in p.rglob("*") if f.suffix in (".py", ".cpp", ".cu", ".h")}
+        else:
+            out.add(d)
+    return out
+
+
+STAGES = dvc_stages()
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_dvc_deps_are_exactly_the_code_the_stage_runs(name):
+    stage = STAGES[name]
+    module = re.search(r"python -m (pipeline\.[\w.]+)", stage["cmd"]).group(1)
+    want, have = stage_code(module), code_deps(stage)
+    assert have == want, (f"dvc.yaml stage {name}: missing {sorted(want - have)}, not run by it {sorted(have - want)}")
+
+
+def all_modules() -> list[Path]:
+    return sorted(p for p in PKG.rglob("*.py"))
+
+
+def test_no_import_cycles():
+    graph = {module_name(p): imports_of(p)[0] for p in all_modules()}
+    # a package's __init__ is imported by its own modules implicitly; that is no cycle
+    graph = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def stage_modules() -> set[str]:
+    return {re.search(r"python -m (pipeline\.[\w.]+)", st["cmd"]).group(1) for st in STAGES.values()}
+
+
+def test_no_module_imports_a_stage():
+    stages = stage_modules()
+    for p in all_modules():
+        bad = imports_of(p)[0] & (stages - {module_name(p)})
+        assert not bad, f"{p.relative_to(REPO)} imports the stage module(s) {sorted(bad)}: move what it needs into pipeline/lib"
+
+
+def test_config_imports_nothing_of_the_pipeline():
+    deps, _ = imports_of(PKG / "config.py")
+    assert deps <= {"pipeline"}, deps
+    files, _ = closure("pipeline.lib.mixtures")
+    assert {f.name for f in files} <= {"__init__.py", "config.py", "mixtures.py"}  # mixtures: no torch, no files
+
+
+@pytest.mark.parametrize("path", all_modules(), ids=lambda p: str(p.relative_to(REPO)))
+def test_modules_and_functions_are_short(path):
+    text = path.read_text()
+    tree = ast.parse(text)
+    doc = ast.get_docstring(tree) or ""
+    lines = len(text.splitlines())
+    assert lines <= MAX_MODULE_LINES or "Longer than" in doc, f"{path.name}: {lines} lines and no reason in its docstring"
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = node.end_lineno - node.lineno + 1
+            assert n <= MAX_FUNCTION_LINES, f"{path.name}:{node.lineno} {node.name} is {n} lines (at most {MAX_FUNCTION_LINES})"
