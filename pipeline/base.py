@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.config import Config
+from pipeline.params.core import StageParams, Threads
+from pipeline.params.model import BaseConfig, ModelConfig
 from pipeline.lib.models import build_model, count_params, load_model, load_tokenizer, save_model
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, write_json
 from pipeline.lib.runtime import StageError, configure_threads, run_stage, stage_parser
@@ -22,6 +23,15 @@ from pipeline.lib.tokens import Slice, TokenFile
 from pipeline.lib.training import train_model
 
 log = logging.getLogger(__name__)
+
+
+class Params(StageParams):
+    """The params base reads."""
+
+    seed: int = 0
+    threads: Threads = 0
+    model: ModelConfig = ModelConfig()
+    base: BaseConfig
 
 
 def base_slices(base_dir: Path) -> list[Slice]:
@@ -35,7 +45,7 @@ def base_slices(base_dir: Path) -> list[Slice]:
     return slices
 
 
-def main(args, cfg: Config) -> None:
+def main(args, cfg: Params) -> None:
     configure_threads(cfg.threads)
     run = RunRecord("base")
     tokenizer = load_tokenizer(args.tokenizer)
@@ -67,7 +77,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=Path, required=True, help="folder of base-split token files")
     p.add_argument("--out", type=Path, required=True, help="seed model folder to write")
     p.add_argument("--live", type=Path, required=True, help="DVCLive folder for the training curves")
-    return run_stage(main, p, argv)
+    return run_stage(main, p, Params, argv)
 
 
 if __name__ == "__main__":

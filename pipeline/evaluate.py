@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Config
+from pipeline.params.core import StageParams, Threads
+from pipeline.params.evaluation import EvalConfig
+from pipeline.params.shards import Shards
 from pipeline.lib.models import load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, save_npz, write_json
 from pipeline.lib.runtime import StageError, configure_threads, run_stage, stage_parser
@@ -23,7 +25,15 @@ from pipeline.lib.scoring import available_eval_domains, evaluate, load_eval_set
 log = logging.getLogger(__name__)
 
 
-def own_domain(cfg: Config, shard: str, scores: dict, seed_metrics: Path | None) -> dict:
+class Params(StageParams):
+    """The params evaluate reads (``shards``: with ``--shard``, which domain is the shard's own)."""
+
+    threads: Threads = 0
+    eval: EvalConfig = EvalConfig()
+    shards: Shards
+
+
+def own_domain(cfg: Params, shard: str, scores: dict, seed_metrics: Path | None) -> dict:
     """The shard model's perplexity on its own domain next to the seed's."""
     if shard not in cfg.shards:
         raise StageError(f"params.yaml: no shard named {shard!r}; known: {sorted(cfg.shards)}")
@@ -39,10 +49,10 @@ def own_domain(cfg: Config, shard: str, scores: dict, seed_metrics: Path | None)
             "learned": bool(mine < seed["ppl"])}
 
 
-def main(args, cfg: Config) -> None:
+def main(args, cfg: Params) -> None:
     configure_threads(cfg.threads)
     run = RunRecord("evaluate", str(args.out))
-    domains = cfg.eval_domains(available_eval_domains(args.tokens))
+    domains = cfg.eval.select(available_eval_domains(args.tokens))
     sets = load_eval_sets(args.tokens, domains, cfg.eval.seq_len)
     model = load_model(args.model)
     per_token: dict[str, np.ndarray] | None = {} if args.save_nll else None
@@ -68,7 +78,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--shard", help="the shard this model was trained on: adds its own-domain ppl next to the seed's")
     p.add_argument("--seed-metrics", type=Path, help="the seed model's metrics JSON (with --shard)")
     p.add_argument("--save-nll", type=Path, help="also write each domain's per-token NLL here (.npz)")
-    return run_stage(main, p, argv)
+    return run_stage(main, p, Params, argv)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,20 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from pipeline.config import Config
+from pipeline.params.core import StageParams
+from pipeline.params.data import PrepareConfig
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, write_json
 from pipeline.lib.runtime import StageError, run_stage, stage_parser
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "base", "eval")
+
+
+class Params(StageParams):
+    """The params prepare reads."""
+
+    prepare: PrepareConfig
 
 
 def cache_dir() -> Path:
@@ -49,7 +56,7 @@ def split_of(key: str, eval_fraction: float, base_fraction: float) -> str:
     return "train"
 
 
-def collect(cfg: Config, cache: Path) -> tuple[dict[str, list], dict[str, list[dict]]]:
+def collect(cfg: Params, cache: Path) -> tuple[dict[str, list], dict[str, list[dict]]]:
     """Fetch every selected source; return documents and package records by domain."""
     from pipeline.sources import LocalCorpus, SourceError, get_source, prefetch
 
@@ -84,7 +91,7 @@ def collect(cfg: Config, cache: Path) -> tuple[dict[str, list], dict[str, list[d
     return docs, packages
 
 
-def build_corpus(cfg: Config, docs: dict[str, list]) -> tuple[dict[str, dict[str, list[dict]]], dict[str, dict]]:
+def build_corpus(cfg: Params, docs: dict[str, list]) -> tuple[dict[str, dict[str, list[dict]]], dict[str, dict]]:
     """Clean, deduplicate, cap and split; return rows by domain and split, and statistics."""
     p = cfg.prepare
     seen: set[bytes] = set()
@@ -155,7 +162,7 @@ def write_corpus(out: Path, rows: dict[str, dict[str, list[dict]]]) -> dict[str,
     return hashes
 
 
-def main(args, cfg: Config) -> None:
+def main(args, cfg: Params) -> None:
     run = RunRecord("prepare")
     cache = cache_dir()
     docs, packages = collect(cfg, cache)
@@ -183,7 +190,7 @@ def cli(argv: list[str] | None = None) -> int:
     p = stage_parser(__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="corpus folder to write")
     p.add_argument("--metrics", type=Path, required=True, help="summary metrics JSON to write")
-    return run_stage(main, p, argv)
+    return run_stage(main, p, Params, argv)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, ConfigError, MixturesConfig
+from pipeline.params.core import ConfigError, StageParams, Threads
+from pipeline.params.evaluation import EvalConfig
+from pipeline.params.mixtures import MixturesConfig, ValidationConfig
+from pipeline.params.shards import Shards
 from pipeline.lib.mixtures import Mixture, resolve_mixtures, resolve_validation
 from pipeline.lib.outputs import RunRecord, json_text, made_by, write_texts_atomic
 from pipeline.lib.runtime import StageError, configure_threads, run_stage, stage_parser
@@ -64,6 +67,16 @@ HEATMAP_TEMPLATE: dict[str, Any] = {
 }
 
 
+class Params(StageParams):
+    """The params proxy reads."""
+
+    threads: Threads = 0
+    shards: Shards
+    mixtures: MixturesConfig = MixturesConfig()
+    validation: ValidationConfig = ValidationConfig()
+    eval: EvalConfig = EvalConfig()
+
+
 def csv_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Long-format plot rows: the seed (k=0), each shard (k=1), then every mixture.
 
@@ -90,7 +103,7 @@ def write_outputs(metrics: dict[str, Any], out_json: Path, out_csv: Path) -> Non
     write_texts_atomic({out_csv: buf.getvalue(), out_json: json_text(metrics)})
 
 
-def candidates(cfg: Config, mcfg: MixturesConfig, tokens_dir: Path, params: Path) -> tuple[list[Mixture], set[str]]:
+def candidates(cfg: Params, mcfg: MixturesConfig, tokens_dir: Path, params: Path) -> tuple[list[Mixture], set[str]]:
     """The candidate mixtures of ``mixtures:`` plus every validation mixture (which the report
     compares with the truth), and the names of the validation ones.
 
@@ -101,7 +114,7 @@ def candidates(cfg: Config, mcfg: MixturesConfig, tokens_dir: Path, params: Path
     try:
         tokens = shard_token_counts(cfg.shards, tokens_dir) if mcfg.weighting == "tokens" else None
         mixtures = resolve_mixtures(mcfg, names, tokens)
-        extra = resolve_validation(cfg.validation, mcfg, names, tokens)
+        extra = resolve_validation(cfg.validation, mcfg.weighting, names, tokens)
     except ValueError as e:
         raise ConfigError(f"{params}: {e}") from None
     by_name = {m.name: m for m in mixtures}
@@ -116,13 +129,13 @@ def candidates(cfg: Config, mcfg: MixturesConfig, tokens_dir: Path, params: Path
     return mixtures, {v.name for v in extra}
 
 
-def main(args, cfg: Config) -> None:
+def main(args, cfg: Params) -> None:
     configure_threads(cfg.threads)
     run = RunRecord("proxy")
     mcfg: MixturesConfig = cfg.mixtures
     mixtures, validation = candidates(cfg, mcfg, args.tokens, args.params)
     names = list(cfg.shards)
-    domains = cfg.eval_domains(available_eval_domains(args.tokens))
+    domains = cfg.eval.select(available_eval_domains(args.tokens))
     if not domains:
         raise StageError(f"{args.tokens / 'eval'}: no eval token files; rerun 'dvc repro tokenize'")
     sets = load_eval_sets(args.tokens, domains, cfg.eval.seq_len, limit=mcfg.eval_tokens)
@@ -147,7 +160,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--tokens", type=Path, required=True, help="token files folder (the tokenize stage's)")
     p.add_argument("--out", type=Path, required=True, help="metrics JSON to write")
     p.add_argument("--plot", type=Path, required=True, help="plot CSV to write")
-    return run_stage(main, p, argv)
+    return run_stage(main, p, Params, argv)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 How well can any proxy predict the truth? No better than a second training run of the same
 mixture predicts the first. ``python -m pipeline.replicate --seed-offset 1`` trains each
-validation mixture exactly as ``train_mixture`` does (same seed model, recipe, token budget and
-weights), only with params ``seed`` shifted by the offset (so a different data order), then
-evaluates it as ``evaluate_mixture`` does. Then
+validation mixture exactly as ``train_mixture`` does (same seed model, recipe, token budget, and
+its plan ``data/plans/<mixture>.json`` for the data and weights), only with params ``seed`` shifted
+by the offset (so a different data order), then evaluates it as ``evaluate_mixture`` does. Then
 
     python -m pipeline.report --proxy metrics/proxy.json --truth-nll data/nll/truth --nll data/nll/shards \\
         --replicate data/replicates/seed-offset-1/nll --out ... --plots ... --reports ...
@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.config import Config
+from pipeline.params.config import Config
 from pipeline.lib.models import load_model
 from pipeline.lib.outputs import made_by, save_npz, write_json
 from pipeline.lib.runtime import StageError, configure_threads, run_stage, stage_parser
 from pipeline.lib.scoring import available_eval_domains, evaluate, load_eval_sets
-from pipeline.lib.training import continue_pretraining, mixture_members
+from pipeline.lib.plans import read_plan
+from pipeline.lib.training import continue_pretraining
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +43,22 @@ def main(args, cfg: Config) -> None:
     if not names:
         raise StageError(f"{args.params}: validation.mixtures is empty; nothing to replicate")
     out = args.out or Path("data/replicates") / f"seed-offset-{args.seed_offset}"
-    shifted = cfg.model_copy(update={"seed": cfg.seed + args.seed_offset})
-    sets = load_eval_sets(args.tokens, cfg.eval_domains(available_eval_domains(args.tokens)), cfg.eval.seq_len)
+    data_seed = cfg.seed + args.seed_offset
+    sets = load_eval_sets(args.tokens, cfg.eval.select(available_eval_domains(args.tokens)), cfg.eval.seq_len)
     for i, name in enumerate(names, 1):
         model_dir, nll = out / "models" / name, out / "nll" / f"{name}.npz"
         if nll.is_file() and (model_dir / "config.json").is_file():
             log.info("[%d/%d] %s: done already (%s)", i, len(names), name, nll)
             continue
         log.info("[%d/%d] %s: training the replicate", i, len(names), name)
-        shards, weights = mixture_members(cfg, name, args.tokens)
-        continue_pretraining(shifted, name, shards, weights, model_dir, out / "curves" / name, args.base, args.tokens,
+        _, specs, weights = read_plan(args.plans / f"{name}.json")
+        continue_pretraining(data_seed, cfg.train, name, specs, weights, model_dir, out / "curves" / name, args.base, args.tokens,
                              stage="replicate")
         per_token: dict = {}
         scores = evaluate(load_model(model_dir), sets, cfg.eval.batch_size, desc=f"evaluate {name}", per_token=per_token)
         write_json(out / "metrics" / f"{name}.json", {"model": str(model_dir), "eval": {d: {"ppl": round(s["ppl"], 4), "bpb": round(s["bpb"], 5)} for d, s in scores.items()}})
         save_npz(nll, per_token)
-    write_json(out / "replicate.json", made_by("replicate", seed_offset=args.seed_offset, data_seed_base=shifted.seed,
+    write_json(out / "replicate.json", made_by("replicate", seed_offset=args.seed_offset, data_seed_base=data_seed,
                                                mixtures=names, seed_model=str(args.base)))
     log.info("replicates of %d mixtures in %s; compare: python -m pipeline.report --proxy metrics/proxy.json --truth-nll data/nll/truth "
              "--nll data/nll/shards --replicate %s --out %s --plots %s --reports %s",
@@ -70,8 +71,9 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--mixtures", nargs="+", help="only these validation mixtures (default: all)")
     p.add_argument("--base", type=Path, default=Path("models/base"), help="seed model folder (default: %(default)s, as dvc.yaml makes it)")
     p.add_argument("--tokens", type=Path, default=Path("data/tokens"), help="token files (default: %(default)s, as dvc.yaml makes them)")
+    p.add_argument("--plans", type=Path, default=Path("data/plans"), help="the validation mixtures' training plans (default: %(default)s, as dvc.yaml makes them)")
     p.add_argument("--out", type=Path, default=None, help="default: data/replicates/seed-offset-<N>")
-    return run_stage(main, p, argv)
+    return run_stage(main, p, Config, argv)
 
 
 if __name__ == "__main__":

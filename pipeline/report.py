@@ -37,7 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Config
+from pipeline.params.core import StageParams
+from pipeline.params.mixtures import ValidationConfig
+from pipeline.params.report import ReportConfig
+from pipeline.params.shards import Shards
 from pipeline.lib.outputs import read_json, write_json, write_text_atomic
 from pipeline.lib.runtime import StageError, run_stage, stage_parser
 from pipeline.lib.stats import METRICS, PAIR_KINDS, REPLICATE, analyse, proxies_in
@@ -46,6 +49,15 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- proxies
+
+
+class Params(StageParams):
+    """The params report reads (``seed``: of the bootstrap; ``shards``: which domains a mixture covers)."""
+
+    seed: int = 0
+    shards: Shards
+    validation: ValidationConfig = ValidationConfig()
+    report: ReportConfig = ReportConfig()
 
 
 def ensemble_logppl(nll: dict[str, dict[str, np.ndarray]], shards: list[str], weights: list[float], domain: str, n: int | None = None) -> float:
@@ -76,7 +88,7 @@ def prefix_logppl(nll: dict[str, np.ndarray], path: Path, domain: str, n: int, f
     return float(nll[domain][:n].astype(np.float64).mean())
 
 
-def collect(cfg: Config, args) -> list[dict]:
+def collect(cfg: Params, args) -> list[dict]:
     """Truth and proxy log-perplexities per validation mixture and eval domain.
 
     Everything is measured on the same tokens: the proxy stage may score a prefix of each eval set
@@ -265,7 +277,7 @@ def ranking_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(args, cfg: Config) -> None:
+def main(args, cfg: Params) -> None:
     args.reports.mkdir(parents=True, exist_ok=True)
     if not cfg.validation.mixtures:  # proxy only: rank the candidates, nothing to correlate with
         res = {"mode": "proxy_only", "ranking": ranking(read_json(args.proxy, "proxy metrics"))}
@@ -301,7 +313,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--reports", type=Path, required=True, help="folder for summary.md and the PNGs")
     p.add_argument("--replicate", type=Path, default=None,
                    help="per-token NLL of replicate truth models (python -m pipeline.replicate): adds the noise-ceiling row")
-    return run_stage(main, p, argv)
+    return run_stage(main, p, Params, argv)
 
 
 if __name__ == "__main__":

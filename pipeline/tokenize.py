@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Config
+from pipeline.params.core import StageParams
+from pipeline.params.data import TokenizeConfig
+from pipeline.params.model import BaseConfig
 from pipeline.lib.models import load_tokenizer
 from pipeline.lib.outputs import RunRecord, atomic_dirs, made_by, read_json, write_json
 from pipeline.lib.runtime import StageError, run_stage, stage_parser
@@ -34,6 +36,13 @@ log = logging.getLogger(__name__)
 
 EOT = "<|endoftext|>"
 SPLITS = ("train", "base", "eval")
+
+
+class Params(StageParams):
+    """The params tokenize reads (of ``base``: whether the seed is pretrained, and where)."""
+
+    tokenize: TokenizeConfig = TokenizeConfig()
+    base: BaseConfig
 
 
 def corpus_domains(corpus: Path) -> list[str]:
@@ -117,7 +126,7 @@ def bytes_per_token(text: str, offsets: list) -> list[int]:
     return counts.tolist()
 
 
-def main(args, cfg: Config) -> None:
+def main(args, cfg: Params) -> None:
     run = RunRecord("tokenize")
     corpus = args.corpus
     domains = corpus_domains(corpus)
@@ -149,7 +158,7 @@ def main(args, cfg: Config) -> None:
     log.info("token files in %s: %s", args.out, {d: s.get("train_tokens") for d, s in summary.items()})
 
 
-def tokenize_files(files: dict[str, Path], split: str, tokenizer, dtype, cfg: Config, out: Path) -> dict[str, dict]:
+def tokenize_files(files: dict[str, Path], split: str, tokenizer, dtype, cfg: Params, out: Path) -> dict[str, dict]:
     """Tokenize one split's JSONL files into ``out/<domain>.bin`` (+ index); return each file's meta."""
     metas = {}
     dsd = tokenize_split(files, tokenizer, cfg.tokenize.num_proc)
@@ -191,7 +200,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="token files go to OUT/{train,base,eval}/")
     p.add_argument("--tokenizer-out", type=Path, required=True)
     p.add_argument("--metrics", type=Path, required=True)
-    return run_stage(main, p, argv)
+    return run_stage(main, p, Params, argv)
 
 
 if __name__ == "__main__":

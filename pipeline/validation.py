@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config import ConfigError, load_config
+from pipeline.params.config import load_config
+from pipeline.params.core import ConfigError
 from pipeline.lib.mixtures import sample, to_params
 
 

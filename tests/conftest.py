@@ -7,6 +7,7 @@ texts) — written as a JSONL file the pipeline reads as the user's own corpus.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import inspect
@@ -127,27 +128,47 @@ def run_module(module: str, *args: str, cwd: Path, check: bool = True) -> subpro
 @pytest.fixture
 def project(tmp_path: Path, corpus_rows, tiny_params) -> Path:
     """The repository's pipeline in a fresh git + DVC project with the tiny corpus and params."""
-    root = tmp_path / "proj"
+    return make_project(tmp_path / "proj", corpus_rows, tiny_params)
+
+
+def make_project(root: Path, corpus_rows: list[dict], params: dict) -> Path:
+    """``root``: the repository's pipeline in a fresh git + DVC project with ``corpus_rows`` and ``params``."""
     root.mkdir()
     # The code is linked, not copied: the kernels then resolve to the repository's csrc/ and reuse
     # its cached build instead of compiling again for every test project.
     for code in ("pipeline", "csrc"):
         (root / code).symlink_to(REPO / code, target_is_directory=True)
-    shutil.copy(REPO / "dvc.yaml", root / "dvc.yaml")
+    for f in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / f, root / f)
     write_jsonl(root / "corpus.jsonl", corpus_rows)
-    write_params(root / "params.yaml", tiny_params)
+    write_params(root / "params.yaml", params)
     env = project_env()
     for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "t@t"], ["git", "config", "user.name", "t"]):
         subprocess.run(cmd, cwd=root, check=True, env=env)
     for args in (["init", "-q"], ["config", "core.analytics", "false"], ["config", "cache.type", "hardlink,symlink"]):
         dvc(root, *args)
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=env)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=env)  # DVCLive needs a commit
     subprocess.run(["git", "commit", "-qm", "test project"], cwd=root, check=True, env=env)
     return root
 
 
-def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=project_env(), capture_output=True, text=True, timeout=1200)
+@contextlib.contextmanager
+def edited_params(root: Path, edit):
+    """``root``'s params.yaml with ``edit(params)`` applied for the ``with`` block, then restored."""
+    path = root / "params.yaml"
+    text = path.read_text()
+    params = yaml.safe_load(text)
+    edit(params)
+    write_params(path, params)
+    try:
+        yield
+    finally:
+        path.write_text(text)
+
+
+def dvc(root: Path, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env={**project_env(), **(env or {})}, capture_output=True,
+                          text=True, timeout=1200)
     if check and proc.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

@@ -39,6 +39,10 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def imports_of(path: Path) -> tuple[set[str], set[str]]:
     """Modules of ``pipeline`` that ``path`` imports (and their parent packages), and the names it
     imports from ``pipeline.kernels``."""
@@ -46,7 +50,11 @@ def imports_of(path: Path) -> tuple[set[str], set[str]]:
     me = module_name(path)
     pkg = me if path.name == "__init__.py" else me.rpartition(".")[0]
     found, kernel_names = set(), set()
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and _is_type_checking(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}  # never run: not part of what the code runs
     for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.params.config import load_config
+from pipeline.params.core import ConfigError
 from tests.conftest import REPO, write_params
 
 

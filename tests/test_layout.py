@@ -92,11 +92,33 @@ def test_no_module_imports_a_stage():
         assert not bad, f"{p.relative_to(REPO)} imports the stage module(s) {sorted(bad)}: move what it needs into pipeline/lib"
 
 
-def test_config_imports_nothing_of_the_pipeline():
-    deps, _ = imports_of(PKG / "config.py")
-    assert deps <= {"pipeline"}, deps
-    files, _ = closure("pipeline.lib.mixtures")
-    assert {f.name for f in files} <= {"__init__.py", "config.py", "mixtures.py"}  # mixtures: no torch, no files
+def test_params_schema_imports_nothing_of_the_pipeline():
+    for path in sorted((PKG / "params").glob("*.py")):
+        deps, _ = imports_of(path)
+        assert all(d == "pipeline" or d.startswith("pipeline.params") for d in deps), (path.name, deps)
+    files, _ = closure("pipeline.lib.mixtures")  # mixtures: no torch, no files, only the schema of mixtures
+    assert {str(f.relative_to(REPO)) for f in files} == {"pipeline/__init__.py", "pipeline/lib/mixtures.py",
+                                                         "pipeline/params/__init__.py", "pipeline/params/core.py",
+                                                         "pipeline/params/mixtures.py"}
+
+
+def test_a_stage_holds_only_the_schemas_of_the_sections_it_reads():
+    """An edit to one section's schema makes stale only the stages that read that section."""
+    schema = {f"pipeline/params/{m}.py" for m in ("data", "model", "shards", "mixtures", "evaluation", "report", "config")}
+    want = {  # stage module -> the section schemas in its code
+        "pipeline.check": schema,
+        "pipeline.prepare": {"pipeline/params/data.py"},
+        "pipeline.tokenize": {"pipeline/params/data.py", "pipeline/params/model.py"},
+        "pipeline.base": {"pipeline/params/model.py"},
+        "pipeline.train": {"pipeline/params/model.py", "pipeline/params/shards.py"},
+        "pipeline.evaluate": {"pipeline/params/evaluation.py", "pipeline/params/shards.py"},
+        "pipeline.plan": {"pipeline/params/mixtures.py", "pipeline/params/shards.py"},
+        "pipeline.proxy": {"pipeline/params/mixtures.py", "pipeline/params/shards.py", "pipeline/params/evaluation.py"},
+        "pipeline.report": {"pipeline/params/mixtures.py", "pipeline/params/shards.py", "pipeline/params/report.py"},
+    }
+    assert stage_modules() == set(want)
+    for module, sections in want.items():
+        assert stage_code(module) & schema == sections, module
 
 
 @pytest.mark.parametrize("path", all_modules(), ids=lambda p: str(p.relative_to(REPO)))

@@ -13,8 +13,9 @@ from safetensors.torch import load_file
 
 import yaml
 
-from pipeline.config import ConfigError, load_config
-from pipeline.config import MixturesConfig, SubsetSpec
+from pipeline.params.config import load_config
+from pipeline.params.core import ConfigError
+from pipeline.params.mixtures import MixturesConfig, SubsetSpec
 from pipeline.lib.merging import merge_into, merge_many_into
 from pipeline.lib.mixtures import Mixture, resolve_mixtures, subsets
 from pipeline.lib.pool import ShardPool

@@ -23,9 +23,41 @@ def stages_run(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 
 
+def git_status(root: Path) -> str:
+    import subprocess
+
+    return subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+
+# declared params a stage reads only in a setting the tiny config does not use
+READ_ONLY_WHEN = {"tokenize": {"base.pretrained_path"}}  # base.init: pretrained (tests/test_recipes.py)
+
+
+def assert_params_declared_as_read(project: Path, trace: Path) -> None:
+    """Each stage's ``params:`` in dvc.yaml (as dvc.lock records them) are exactly the params keys it
+    read while it ran (pipeline/lib/paramtrace.py): nothing read that a change would not rerun it
+    for, nothing declared that it never reads."""
+    read: dict[str, set[str]] = {}
+    for line in trace.read_text().splitlines():
+        rec = json.loads(line)
+        prog = Path(rec["argv"][0]).with_suffix("").parts
+        module = ".".join(prog[prog.index("pipeline"):])
+        read[" ".join(["python", "-m", module, *rec["argv"][1:]])] = set(rec["reads"])
+    stages = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    for name, st in stages.items():
+        reads = read[" ".join(st["cmd"].split())]
+        declared = set(st.get("params", {}).get("params.yaml", {}))
+        undeclared = {r for r in reads if not any(r == d or r.startswith(d + ".") for d in declared)}
+        unread = {d for d in declared if not any(r == d or r.startswith(d + ".") or d.startswith(r + ".") for r in reads)}
+        unread -= READ_ONLY_WHEN.get(name, set())
+        assert not undeclared and not unread, f"dvc.yaml stage {name}: reads undeclared {sorted(undeclared)}, declares unread {sorted(unread)}"
+
+
 def test_dvc_repro_tiny_end_to_end(project: Path):
-    out = dvc(project, "repro").stdout
+    trace = project.parent / "params-read.jsonl"
+    out = dvc(project, "repro", env={"SHARDMIX_TRACE_PARAMS": str(trace)}).stdout
     ran = stages_run(out)
+    assert_params_declared_as_read(project, trace)
     assert {"prepare", "tokenize", "base", "evaluate_base", "train@code", "train@prose", "train@legal", "proxy",
             "train_mixture@code+prose", "evaluate_mixture@code+prose+legal", "report"} <= set(ran), out
 
@@ -73,6 +105,27 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     # nothing is stale after a run
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
+    # nothing that git tracks changes between two runs of the same inputs: commit the run, then a
+    # clone with the run's DVC cache reruns nothing (`dvc repro --pull` checks out what the cache
+    # holds: DVC keeps no run-cache for stages with persist outputs), and a clone without it reruns
+    # everything to the same bytes (same dvc.lock, same metrics), leaving `git status` clean in both
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "first run")
+    for name, shared_cache in (("with-cache", True), ("from-scratch", False)):
+        clone = project.parent / name
+        git(project.parent, "clone", "-q", str(project), str(clone))  # the code comes along as the project's links
+        if shared_cache:
+            dvc(clone, "cache", "dir", "--local", str(project / ".dvc/cache"))
+        ran = stages_run(dvc(clone, "repro", *(["--pull"] if shared_cache else [])).stdout)
+        if shared_cache:
+            assert ran == [], ran
+        else:  # every stage with DVC-cached outputs reruns; those whose outputs are all in git (metrics,
+            # plots) and whose inputs came out byte-identical have nothing to redo
+            assert set(stages_run(out)) - set(ran) == {"evaluate_base", "proxy", "report"}, ran
+        assert json.loads(dvc(clone, "status", "--json").stdout) == {}
+        assert git_status(clone) == "", f"{name}: {git_status(clone)}"
+        assert (clone / "runs").is_dir() or shared_cache  # run records exist, untracked
+
     # seeds make runs reproducible: the seed model and a shard model, trained again, are bit-identical
     rerun = project.parent / "rerun"
     run_module("pipeline.base", "--tokenizer", "tokenizer", "--tokens", "data/tokens/base", "--out", str(rerun / "base"),
@@ -114,9 +167,11 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     write_params(project / "params.yaml", params)
     status = dvc(project, "status", "--json").stdout
     stale = set(json.loads(status))
-    assert stale == {"train@code-b", "evaluate@code-b", "proxy"}, status  # report follows from proxy's new output
+    # the report reads `shards` too (which eval domains a mixture covers); check and plan read the
+    # whole file and `shards`, and write what they wrote before: no truth model is retrained
+    assert stale == {"check", "plan", "train@code-b", "evaluate@code-b", "proxy", "report"}, status
     ran = stages_run(dvc(project, "repro").stdout)
-    assert sorted(ran) == ["evaluate@code-b", "proxy", "report", "train@code-b"], ran
+    assert sorted(ran) == ["check", "evaluate@code-b", "plan", "proxy", "report", "train@code-b"], ran
 
     # the experiment workflow of the README: a changed recipe, then compare
     git(project, "add", "-A")

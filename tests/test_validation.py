@@ -7,7 +7,7 @@ from collections import Counter
 
 import yaml
 
-from pipeline.config import ValidationConfig
+from pipeline.params.mixtures import ValidationConfig
 from pipeline.lib.mixtures import sample, to_params
 from pipeline.validation import main
 from tests.conftest import REPO

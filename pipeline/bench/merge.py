@@ -28,9 +28,8 @@ log = logging.getLogger(__name__)
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(k: int, numel: int, multi_m: int, reps: int) -> dict:
-    """Measure every variant at K inputs of ``numel`` fp32 elements; return the figures."""
-    ops = _ext.load_ops(raise_on_error=True)
+def _variants(ops, k: int, numel: int, multi_m: int) -> dict:
+    """The timed callables over the same seeded inputs; the fused one checked against the reference."""
     gen = torch.Generator().manual_seed(0)
     log.info("allocating %d x %d fp32 inputs (%.2f GiB)", k, numel, k * numel * 4 / 2**30)
     xs = [torch.rand(numel, generator=gen) for _ in range(k)]
@@ -45,37 +44,34 @@ def run(k: int, numel: int, multi_m: int, reps: int) -> dict:
     def fused() -> None:
         kernels.weighted_sum(xs, weights, out, impl="cpu")
 
-    def fused_bf16() -> None:
-        kernels.weighted_sum(xs_bf16, weights, out, impl="cpu")
-
-    def multi() -> None:
-        kernels.multi_weighted_sum(xs, mix, outs, impl="cpu")
-
     def torch_chain() -> None:
         torch.mul(xs[0], wl[0], out=out)
         for w, x in zip(wl[1:], xs[1:]):
             out.add_(x, alpha=w)
-
-    def naive() -> None:
-        sum(w * x for w, x in zip(wl, xs))
-
-    def triad() -> None:
-        ops.triad_(out, xs[0], xs[1], 0.5, False)
-
-    def triad_nt() -> None:
-        ops.triad_(out, xs[0], xs[1], 0.5, True)
 
     # correctness guard: the fused result must match the chain it is compared with
     fused()
     expect = kernels.weighted_sum(xs, weights, impl="reference")
     if not torch.allclose(out, expect, rtol=1e-5, atol=1e-6):
         raise RuntimeError(f"fused merge differs from the reference by {float((out - expect).abs().max())}")
-    del expect
+    return {
+        "fused": fused,
+        "fused_bf16": lambda: kernels.weighted_sum(xs_bf16, weights, out, impl="cpu"),
+        "multi": lambda: kernels.multi_weighted_sum(xs, mix, outs, impl="cpu"),
+        "torch_chain": torch_chain,
+        "triad": lambda: ops.triad_(out, xs[0], xs[1], 0.5, False),
+        "triad_nt": lambda: ops.triad_(out, xs[0], xs[1], 0.5, True),
+        "naive": lambda: sum(w * x for w, x in zip(wl, xs)),
+    }
 
-    fns = {"fused": fused, "fused_bf16": fused_bf16, "multi": multi, "torch_chain": torch_chain,
-           "triad": triad, "triad_nt": triad_nt}
+
+def run(k: int, numel: int, multi_m: int, reps: int) -> dict:
+    """Measure every variant at K inputs of ``numel`` fp32 elements; return the figures."""
+    ops = _ext.load_ops(raise_on_error=True)
+    fns = _variants(ops, k, numel, multi_m)
+    naive = {"naive": fns.pop("naive")}
     secs = interleaved_medians(fns, reps=reps)
-    secs.update(interleaved_medians({"naive": naive}, reps=max(1, reps // 2)))
+    secs.update(interleaved_medians(naive, reps=max(1, reps // 2)))
 
     gbps = lambda nbytes, s: nbytes / s / 1e9  # noqa: E731
     fp32_bytes = (k + 1) * 4 * numel

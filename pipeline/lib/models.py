@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pipeline.lib.outputs import atomic_dir, write_json
 from pipeline.lib.pool import Checkpoint
 from pipeline.lib.runtime import StageError
-from pipeline.config import ModelConfig
+
+if TYPE_CHECKING:  # the model section, only read here
+    from pipeline.params.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ def build_model(mcfg: ModelConfig, tokenizer, seed: int):
         num_attention_heads=mcfg.num_heads,
         num_key_value_heads=mcfg.num_heads,
         max_position_embeddings=mcfg.max_position_embeddings,
+        rope_theta=mcfg.rope_theta,
+        rms_norm_eps=mcfg.rms_norm_eps,
+        initializer_range=mcfg.initializer_range,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

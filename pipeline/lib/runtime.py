@@ -1,9 +1,10 @@
 """How every stage runs: its command line, logging, user errors, threads, seeds and progress bars.
 
-A stage's ``cli()`` builds its parser with :func:`stage_parser` and hands its ``main(args, cfg)`` to
-:func:`run_stage`, which validates the whole params file before any work starts and turns the
-errors a user can act on (:class:`~pipeline.config.ConfigError`, :class:`StageError`) into one
-message and exit status 2.
+A stage's ``cli()`` builds its parser with :func:`stage_parser` and hands its ``main(args, cfg)``
+and its params view (a :class:`~pipeline.params.core.StageParams` of the sections it reads) to
+:func:`run_stage`, which validates those sections before any work starts and turns the errors a
+user can act on (:class:`~pipeline.params.core.ConfigError`, :class:`StageError`) into one message
+and exit status 2.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import DEFAULT_PARAMS, Config, ConfigError, load_config
+from pipeline.params.core import DEFAULT_PARAMS, ConfigError, StageParams, load
+from pipeline.lib.paramtrace import traced
 
 log = logging.getLogger("pipeline")
 
@@ -43,8 +45,9 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_stage(main: Callable[[argparse.Namespace, Config], None], parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse arguments, load and validate params, run ``main``; user errors exit 2 with one message."""
+def run_stage(main: Callable[[argparse.Namespace, StageParams], None], parser: argparse.ArgumentParser,
+              params: type[StageParams], argv: list[str] | None = None) -> int:
+    """Parse arguments, load and validate the ``params`` sections, run ``main``; user errors exit 2 with one message."""
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,8 +58,8 @@ def run_stage(main: Callable[[argparse.Namespace, Config], None], parser: argpar
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     signal.signal(signal.SIGTERM, _terminate)  # clean up temporary outputs when killed, as on Ctrl-C
     try:
-        cfg = load_config(args.params)
-        main(args, cfg)
+        cfg = load(args.params, params)
+        main(args, traced(cfg))
     except (ConfigError, StageError) as e:
         log.error("%s", e)
         return 2

@@ -27,12 +27,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-
-from pipeline.config import ShardSpec
 from pipeline.lib.outputs import read_json, write_json
 from pipeline.lib.runtime import StageError
+
+if TYPE_CHECKING:  # a shard's params entry; only its domain, piece and of are read
+    from pipeline.params.shards import ShardSpec
 
 IGNORE = -100  # target index that scores nothing
 

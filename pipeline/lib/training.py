@@ -14,17 +14,20 @@ import math
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import Config, OptimConfig
-from pipeline.lib.mixtures import resolve_validation
 from pipeline.lib.models import count_params, load_model, load_tokenizer, save_model
 from pipeline.lib.outputs import atomic_dir, made_by
 from pipeline.lib.runtime import StageError, progress, seed_everything
-from pipeline.lib.tokens import Slice, batches, mixture_schedule, shard_slice, shard_token_counts
+from pipeline.lib.tokens import Slice, batches, mixture_schedule, shard_slice
+
+if TYPE_CHECKING:  # params sections, only read here
+    from pipeline.params.model import OptimConfig
+    from pipeline.params.shards import ShardSpec
 
 log = logging.getLogger(__name__)
 
@@ -112,32 +115,24 @@ def train_model(model, slices: list[Slice], weights: list[float], ocfg: OptimCon
     return summary, speed
 
 
-def continue_pretraining(cfg: Config, name: str, shards: list[str], weights: list[float] | None, out: Path, live_out: Path,
-                         base: Path, tokens_dir: Path, stage: str = "train") -> dict:
-    """Train the seed model on ``shards`` (weights: token-proportional when None) and save it; return its speed."""
-    unknown = [s for s in shards if s not in cfg.shards]
-    if unknown:
-        raise StageError(f"params.yaml: unknown shard(s) {unknown}; known: {sorted(cfg.shards)}")
-    slices = [shard_slice(s, cfg.shards[s], tokens_dir) for s in shards]
+def continue_pretraining(seed: int, recipe: OptimConfig, name: str, specs: dict[str, ShardSpec], weights: list[float] | None,
+                         out: Path, live_out: Path, base: Path, tokens_dir: Path, stage: str = "train") -> dict:
+    """Train the seed model on the shards ``specs`` (in order; weights token-proportional when None)
+    for len(specs) x ``recipe.tokens`` tokens and save it; return its speed.
+
+    ``seed`` and ``recipe`` are params ``seed`` and ``train``; the data comes from ``specs`` (a
+    shard's own params entry, or a mixture's plan), so a stage reads no other shard's entry.
+    """
+    shards = list(specs)
+    slices = [shard_slice(s, spec, tokens_dir) for s, spec in specs.items()]
     if weights is None:
         weights = [s.tokens for s in slices]
-    ocfg = cfg.train.model_copy(update={"tokens": cfg.train.tokens * len(shards)})
+    ocfg = recipe.model_copy(update={"tokens": recipe.tokens * len(shards)})
     model = load_model(base)
-    seed = cfg.seed + sum(map(ord, name))  # each model its own, reproducible data order
+    data_seed = seed + sum(map(ord, name))  # each model its own, reproducible data order
     with atomic_dir(live_out) as live_tmp:
-        stats, speed = train_model(model, slices, weights, ocfg, seed, live_tmp, desc=f"train {name}")
-        meta = made_by(stage, name=name, seed=cfg.seed, data_seed=seed, shards=shards, weights=[w / sum(weights) for w in weights],
+        stats, speed = train_model(model, slices, weights, ocfg, data_seed, live_tmp, desc=f"train {name}")
+        meta = made_by(stage, name=name, seed=seed, data_seed=data_seed, shards=shards, weights=[w / sum(weights) for w in weights],
                        seed_model=str(base), recipe=ocfg.model_dump(), params=count_params(model), **stats)
         save_model(model, out, load_tokenizer(base), meta)
     return speed
-
-
-def mixture_members(cfg: Config, name: str, tokens_dir: Path) -> tuple[list[str], list[float]]:
-    """The shards and normalised weights of validation mixture ``name``, weighted as the proxy weights it."""
-    if name not in cfg.validation.mixtures:
-        raise StageError(f"params.yaml: no mixture named {name!r} under 'validation.mixtures'; known: {sorted(cfg.validation.mixtures)}")
-    members = cfg.validation.mixtures[name].shards
-    tokens = shard_token_counts({s: cfg.shards[s] for s in members}, tokens_dir)
-    only = cfg.validation.model_copy(update={"mixtures": {name: cfg.validation.mixtures[name]}})
-    (mix,) = resolve_validation(only, cfg.mixtures, list(cfg.shards), tokens)
-    return list(mix.shards), list(mix.weights)

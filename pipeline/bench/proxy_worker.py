@@ -1,0 +1,172 @@
+"""One method of the proxy benchmark, run in a fresh interpreter so that its peak RSS is its own.
+
+``python -m pipeline.bench.proxy_worker METHOD SPEC_JSON`` prints one JSON object: seconds per
+mixture (merge and evaluation apart), perplexities and peak RSS. :mod:`pipeline.bench.proxy`
+starts it once per method (``run_worker``); the methods are described there.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _status_mb(key: str) -> float:
+    """``VmHWM`` (peak) or ``VmRSS`` (now) of this process, MiB. Unlike ``ru_maxrss``, VmHWM is
+    reset by exec, so a worker does not inherit its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _eval_set(spec: dict):
+    from pipeline.lib.scoring import EvalSet
+    from pipeline.lib.tokens import TokenFile
+
+    return EvalSet("bench", TokenFile.open(spec["tokens"]), spec["seq_len"])
+
+
+def _full_logits_nll(model, eset, batch: int) -> tuple[float, int]:
+    """Sum of NLL and token count via ``model(input_ids, labels=...)`` on the eval set's windows."""
+    import torch
+
+    windows = torch.cat([eset.inputs, eset.targets[:, -1:]], dim=1)  # L + 1 tokens: predicts the same L targets
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for b in range(0, len(windows), batch):
+            x = windows[b : b + batch]
+            loss = model(input_ids=x, labels=x).loss
+            n = x.shape[0] * (x.shape[1] - 1)
+            total, count = total + float(loss) * n, count + n
+    return total, count
+
+
+def worker(method: str, spec: dict) -> dict:
+    """Score ``spec['mixtures']`` with one method; return per-mixture seconds, ppl and peak RSS."""
+    import torch
+    import transformers  # noqa: F401  (imported before the baseline is taken)
+
+    from pipeline.kernels import available_impls
+
+    torch.set_num_threads(spec["threads"])
+    available_impls()  # load the C++ extension before measuring
+    eset = _eval_set(spec)
+    baseline = _status_mb("VmRSS")
+    if method in ("ours", "safe_open", "eval_only"):
+        rows = _resident(method, spec, eset)
+    elif method in ("naive", "mergekit", "mergekit_cli"):
+        rows = _fresh_model(method, spec, eset)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    times, merge_s, eval_s, ppl = zip(*rows)
+    med = statistics.median
+    return {"method": method, "s_per_mixture": med(times), "merge_s": med(merge_s), "eval_s": med(eval_s),
+            "all_s": list(times), "ppl": list(ppl), "peak_rss_mb": _status_mb("VmHWM"), "baseline_rss_mb": baseline}
+
+
+def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, float]]:
+    """(total, merge, eval seconds, ppl) per mixture with one resident model merged in place."""
+    from pipeline.lib.merging import merge_into
+    from pipeline.lib.models import load_model
+    from pipeline.lib.pool import ShardPool
+    from pipeline.lib.scoring import evaluate
+
+    seed, shards = Path(spec["seed"]), [Path(s) for s in spec["shards"]]
+    model = load_model(seed)
+    pool = ShardPool({p.name: p for p in shards}, seed=seed)
+    rows = []
+    for w in spec["mixtures"]:
+        t0 = time.perf_counter()
+        if method == "ours":
+            merge_into(model, w, pool)
+        elif method == "safe_open":
+            _merge_safe_open(model, w, shards)
+        t1 = time.perf_counter()
+        r = evaluate(model, [eset], spec["batch"])["bench"]
+        t2 = time.perf_counter()
+        rows.append((t2 - t0, t1 - t0, t2 - t1, r["ppl"]))
+    return rows
+
+
+def _fresh_model(method: str, spec: dict, eset) -> list[tuple[float, float, float, float]]:
+    """The same per mixture for the baselines: a merged state dict (or mergekit's folder) loaded
+    into a fresh model, evaluated with full logits."""
+    import math
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    seed, shards = Path(spec["seed"]), [Path(s) for s in spec["shards"]]
+    config = AutoConfig.from_pretrained(seed)
+    rows = []
+    for i, w in enumerate(spec["mixtures"]):
+        t0 = time.perf_counter()
+        if method == "naive":
+            sds = [load_file(p / "model.safetensors") for p in shards]
+            avg = {n: sum(wk * sd[n] for wk, sd in zip(w, sds)) for n in sds[0]}
+            del sds
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model.load_state_dict(avg, strict=False)
+            model.tie_weights()
+            del avg
+        else:
+            out = Path(spec["scratch"]) / f"mergekit-{i}"
+            _mergekit_linear(shards, w, out, cli=method == "mergekit_cli")
+            model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+            shutil.rmtree(out, ignore_errors=True)
+        model.eval()
+        t1 = time.perf_counter()
+        total, count = _full_logits_nll(model, eset, spec["batch"])
+        t2 = time.perf_counter()
+        del model
+        rows.append((t2 - t0, t1 - t0, t2 - t1, math.exp(total / count)))
+    return rows
+
+
+def _merge_safe_open(model, weights: list[float], shards: list[Path]) -> None:
+    """Ours with safetensors' own reader: each tensor copied out of each file, then the fused sum."""
+    import torch
+    from safetensors import safe_open
+
+    from pipeline.kernels import weighted_sum
+
+    handles = [safe_open(str(p / "model.safetensors"), framework="pt") for p in shards]
+    stored = set(handles[0].keys())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in stored:
+                weighted_sum([h.get_tensor(name) for h in handles], weights, p.data)
+
+
+def _mergekit_linear(shards: list[Path], weights: list[float], out: Path, cli: bool = False) -> None:
+    """mergekit's linear merge of ``shards`` written to ``out``: in-process (``run_merge``) or, as
+    its documentation runs it, with the ``mergekit-yaml`` command (a fresh process per merge)."""
+    config = {"merge_method": "linear", "dtype": "float32", "parameters": {"normalize": True},
+              "models": [{"model": str(p), "parameters": {"weight": w}} for p, w in zip(shards, weights) if w]}
+    if cli:
+        import yaml
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cfg_file = out.with_suffix(".yml")
+        cfg_file.write_text(yaml.safe_dump(config))
+        exe = Path(sys.executable).with_name("mergekit-yaml")
+        subprocess.run([str(exe), str(cfg_file), str(out), "--no-copy-tokenizer", "--no-write-model-card", "--quiet"],
+                       check=True, capture_output=True)
+        return
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    run_merge(MergeConfiguration.model_validate(config), str(out),
+              MergeOptions(copy_tokenizer=False, quiet=True, write_model_card=False))
+
+
+if __name__ == "__main__":
+    print(json.dumps(worker(sys.argv[1], json.loads(sys.argv[2]))))
