@@ -13,8 +13,17 @@
 #include <cstring>
 
 #define SM_INLINE inline __attribute__((always_inline))
+// x86-64 only: the per-ISA code paths. Elsewhere (aarch64: a GH200 host, say) the ISA-specific
+// files compile to nothing, the target attributes vanish, and every kernel takes the baseline path.
+#if defined(__x86_64__) || defined(_M_X64)
+#define SHARDMIX_X86 1
 #define SM_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #define SM_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define SHARDMIX_X86 0
+#define SM_TARGET_AVX512
+#define SM_TARGET_AVX2
+#endif
 
 namespace shardmix {
 
@@ -24,6 +33,9 @@ enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
 // to exercise every code path); it can never raise it above what the CPU supports.
 inline Isa active_isa() {
   static const Isa best = [] {
+#if !SHARDMIX_X86
+    return Isa::kGeneric;
+#else
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
@@ -31,6 +43,7 @@ inline Isa active_isa() {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
       return Isa::kAvx2;
     return Isa::kGeneric;
+#endif
   }();
   Isa want = best;
   if (const char* env = std::getenv("SHARDMIX_CPU_ISA")) {
@@ -59,15 +72,22 @@ SM_INLINE uint16_t f32_to_bf16(float f) {
   return (u & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t{0x7FC0} : static_cast<uint16_t>(rounded);
 }
 
-// float16 <-> float32 through the compiler's _Float16 (F16C instructions where enabled).
+// float16 <-> float32 through the compiler's half type (F16C instructions where enabled on x86-64;
+// aarch64 gcc's C++ spells it __fp16, IEEE format, round to nearest even).
+#if defined(__aarch64__)
+using half_t = __fp16;
+#else
+using half_t = _Float16;
+#endif
+
 SM_INLINE float f16_to_f32(uint16_t h) {
-  _Float16 v;
+  half_t v;
   std::memcpy(&v, &h, sizeof v);
   return static_cast<float>(v);
 }
 
 SM_INLINE uint16_t f32_to_f16(float f) {
-  const _Float16 v = static_cast<_Float16>(f);
+  const half_t v = static_cast<half_t>(f);
   uint16_t h;
   std::memcpy(&h, &v, sizeof h);
   return h;

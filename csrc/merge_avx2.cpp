@@ -1,10 +1,11 @@
 // AVX2 instantiation of the merge/triad kernels (chosen at run time on CPUs with AVX2 + FMA +
 // F16C but no AVX-512). Standard headers come before the target pragma (see merge_avx512.cpp).
+#include "cpu_common.h"  // SHARDMIX_X86: off x86-64 this file compiles to nothing
+#if SHARDMIX_X86
 #include <immintrin.h>
 
 #include <cstdint>
 
-#include "cpu_common.h"
 #include "merge_cpu.h"
 #include "shardmix_kernels.h"
 
@@ -65,3 +66,4 @@ void triad_range_avx2(float* a, const float* b, const float* c, float s, int64_t
 }  // namespace shardmix
 
 #pragma GCC pop_options
+#endif  // SHARDMIX_X86

@@ -1,11 +1,12 @@
 // AVX-512 instantiation of the merge/triad kernels (chosen at run time when the CPU has
 // AVX-512F/BW/VL/DQ). Standard headers come before the target pragma so no inline library code
 // is compiled for AVX-512 and shared with the other files.
+#include "cpu_common.h"  // SHARDMIX_X86: off x86-64 this file compiles to nothing
+#if SHARDMIX_X86
 #include <immintrin.h>
 
 #include <cstdint>
 
-#include "cpu_common.h"
 #include "merge_cpu.h"
 #include "shardmix_kernels.h"
 
@@ -65,3 +66,4 @@ void triad_range_avx512(float* a, const float* b, const float* c, float s, int64
 }  // namespace shardmix
 
 #pragma GCC pop_options
+#endif  // SHARDMIX_X86

@@ -7,14 +7,17 @@
 // large outputs). This file holds the dispatcher and the baseline (any x86-64) kernel: a blocked
 // loop that accumulates into small fp32 buffers in L1/L2, written as plain unit-stride loops that
 // gcc vectorises (a flat per-element loop over K pointers makes gcc emit gathers: ~8x slower).
-#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
 #include "cpu_common.h"
+#if SHARDMIX_X86
+#include <immintrin.h>
+#endif
 #include "merge_cpu.h"
 #include "shardmix_kernels.h"
 
@@ -73,6 +76,27 @@ inline int thread_count(int64_t n, int requested) {
   return n < kParallelMin ? 1 : std::max(1, requested);
 }
 
+// Order streaming (non-temporal) stores before the caller reads the outputs.
+inline void store_fence() {
+#if SHARDMIX_X86
+  _mm_sfence();
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+
+#if SHARDMIX_X86
+constexpr auto* kMergeAvx512 = merge_range_avx512;
+constexpr auto* kMergeAvx2 = merge_range_avx2;
+constexpr auto* kTriadAvx512 = triad_range_avx512;
+constexpr auto* kTriadAvx2 = triad_range_avx2;
+#else  // no per-ISA kernels off x86-64: active_isa() is always kGeneric there
+constexpr auto* kMergeAvx512 = merge_range_generic;
+constexpr auto* kMergeAvx2 = merge_range_generic;
+constexpr auto* kTriadAvx512 = triad_range_generic;
+constexpr auto* kTriadAvx2 = triad_range_generic;
+#endif
+
 }  // namespace
 
 // Baseline kernel (also finishes the last partial tile of the SIMD kernels).
@@ -118,27 +142,27 @@ void weighted_sum_cpu(const void* const* inputs, const int32_t* in_dtypes, int K
     stream[m] = out_bytes >= kStreamMinBytes && (reinterpret_cast<uintptr_t>(outs[m]) % 64) == 0;
   const MergeArgs args{inputs, in_dtypes, K, outs, out_dtypes, stream.data(), M, weights};
   const Isa isa = active_isa();
-  auto* body = isa == Isa::kAvx512 ? merge_range_avx512 : isa == Isa::kAvx2 ? merge_range_avx2 : merge_range_generic;
+  auto* body = isa == Isa::kAvx512 ? kMergeAvx512 : isa == Isa::kAvx2 ? kMergeAvx2 : merge_range_generic;
 #pragma omp parallel num_threads(thread_count(n, num_threads))
   {
     int64_t lo, hi;
     thread_range(n, &lo, &hi);
     if (lo < hi) body(args, lo, hi);
-    _mm_sfence();  // order streaming stores before the caller reads the outputs
+    store_fence();
   }
 }
 
 void triad_cpu(float* a, const float* b, const float* c, float s, int64_t n, int num_threads, bool nontemporal) {
   if (n <= 0) return;
   const Isa isa = active_isa();
-  auto* body = isa == Isa::kAvx512 ? triad_range_avx512 : isa == Isa::kAvx2 ? triad_range_avx2 : triad_range_generic;
+  auto* body = isa == Isa::kAvx512 ? kTriadAvx512 : isa == Isa::kAvx2 ? kTriadAvx2 : triad_range_generic;
   const bool nt = nontemporal && (reinterpret_cast<uintptr_t>(a) % 64) == 0;
 #pragma omp parallel num_threads(thread_count(n, num_threads))
   {
     int64_t lo, hi;
     thread_range(n, &lo, &hi);
     if (lo < hi) body(a, b, c, s, lo, hi, nt);
-    _mm_sfence();
+    store_fence();
   }
 }
 

@@ -4,7 +4,8 @@
 // Grid-stride loop over groups of 4 elements: with every pointer 16-byte aligned, fp32 inputs are
 // read as float4 and 16-bit ones as one 8-byte load; per group of up to 4 outputs each thread keeps
 // 4 x 4 fp32 accumulators in registers and reads its 4 elements of every input once. A scalar
-// grid-stride loop handles the remainder (and everything when pointers are not aligned).
+// grid-stride loop handles the remainder (and everything when pointers are not aligned), in the
+// same order: all inputs read, then the group's outputs written.
 // Pointers, dtypes and weights are staged in shared memory once per block.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -99,11 +100,21 @@ __global__ void __launch_bounds__(kThreads) weighted_sum_kernel(const uint64_t* 
         if (m0 + g < M) store4(reinterpret_cast<void*>(out[m0 + g]), out_dt[m0 + g], i, acc[g]);
     }
   }
+  // The scalar path keeps the vector path's order too: per group of up to 4 outputs, every input
+  // element is read before any output element is written, so an output that is an input
+  // (M <= kGroup, see merge_alias_safe in checks.h) never feeds an overwritten value to the next.
   for (int64_t i = nvec * 4 + tid; i < n; i += stride) {
-    for (int m = 0; m < M; ++m) {
-      float acc = 0.0f;
-      for (int k = 0; k < K; ++k) acc = fmaf(s_w[m * K + k], load1(reinterpret_cast<const void*>(in[k]), in_dt[k], i), acc);
-      store1(reinterpret_cast<void*>(out[m]), out_dt[m], i, acc);
+    for (int m0 = 0; m0 < M; m0 += kGroup) {
+      float acc[kGroup] = {};
+      for (int k = 0; k < K; ++k) {
+        const float x = load1(reinterpret_cast<const void*>(in[k]), in_dt[k], i);
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g)
+          if (m0 + g < M) acc[g] = fmaf(s_w[(m0 + g) * K + k], x, acc[g]);
+      }
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g)
+        if (m0 + g < M) store1(reinterpret_cast<void*>(out[m0 + g]), out_dt[m0 + g], i, acc[g]);
     }
   }
 }

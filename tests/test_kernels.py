@@ -4,7 +4,9 @@ Covers odd sizes (not multiples of any vector width), K=1, zero/negative weights
 combination, ``out`` aliasing an input, read-only memory-mapped inputs, argument errors, the
 multi-mixture form, the streaming cross-entropy (V=32001, N=1, bias, ignore_index, extreme
 logits), ``torch.library.opcheck`` and each run-time CPU code path (AVX-512 / AVX2 / generic).
-The extension is built once per session (cached under .cache/torch_extensions).
+The same cases run on CUDA where a GPU and the CUDA kernels are present (the ``target`` fixture,
+pytorch/extension-cpp style), and skip cleanly elsewhere. The extension is built once per session
+(cached under .cache/torch_extensions).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 # 16-bit output may round one unit differently when the fp32 sums differ in the last bit.
 TOL = {F32: (2e-6, 2e-6), BF16: (2**-7, 1e-5), F16: (2**-10, 1e-5)}
 ISAS = ["avx512", "avx2", "generic"]
+TARGETS = [*ISAS, "cuda"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,13 +57,37 @@ def ext():
     return ops
 
 
-@pytest.fixture(params=ISAS)
-def isa(request, ext, monkeypatch):
-    """Run the test once per CPU code path (capped at what this CPU supports)."""
+class Target:
+    """Where a kernel test runs: one CPU code path, or CUDA. Inputs are made on the CPU (seeded),
+    moved with :meth:`to`; results come back with :meth:`cpu` to meet the reference."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.impl = "cuda" if name == "cuda" else "cpu"
+        self.device = torch.device("cuda") if name == "cuda" else torch.device("cpu")
+
+    def to(self, x):
+        if isinstance(x, (list, tuple)):
+            return [self.to(t) for t in x]
+        return x.to(self.device)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@pytest.fixture(params=TARGETS)
+def target(request, ext, monkeypatch):
+    """Run the test once per CPU code path (capped at what this CPU supports) and once on CUDA."""
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA device")
+        if not _ext.has_cuda_kernels():
+            pytest.fail(f"a CUDA device is present but the extension has no CUDA kernels: {_ext.load_error()}")
+        return Target("cuda")
     monkeypatch.setenv("SHARDMIX_CPU_ISA", request.param)
     if ext.cpu_isa() != request.param:
         pytest.skip(f"CPU lacks {request.param} (best: {ext.cpu_isa()})")
-    return request.param
+    return Target(request.param)
 
 
 def make_inputs(numel: int | tuple, dtypes, seed: int = 0) -> list[torch.Tensor]:
@@ -88,42 +115,47 @@ DTYPE_SETS = {"f32": [F32] * 3, "bf16": [BF16] * 3, "f16": [F16] * 3, "mixed": [
 
 @pytest.mark.parametrize("numel", [1, 7, 63, 65, 1000, 100003, (3, 5, 7)])
 @pytest.mark.parametrize("k", [1, 3, 8])
-def test_weighted_sum_shapes(isa, numel, k):
+def test_weighted_sum_shapes(target, numel, k):
     xs = make_inputs(numel, [F32] * k)
     w = weights_for(k)
-    got = kernels.weighted_sum(xs, w, impl="cpu")
-    assert got.dtype == F32 and got.shape == xs[0].shape
-    assert_close_verbose(got, ref_sum(xs, w, F32), *TOL[F32], f"isa={isa} numel={numel} K={k}")
+    got = kernels.weighted_sum(target.to(xs), w, impl=target.impl)
+    assert got.dtype == F32 and got.shape == xs[0].shape and got.device == target.device
+    assert_close_verbose(got.cpu(), ref_sum(xs, w, F32), *TOL[F32], f"{target} numel={numel} K={k}")
 
 
 @pytest.mark.parametrize("in_set", sorted(DTYPE_SETS))
 @pytest.mark.parametrize("out_dtype", [F32, BF16, F16], ids=["out_f32", "out_bf16", "out_f16"])
 @pytest.mark.parametrize("numel", [77, 2**20 + 13])
-def test_weighted_sum_dtypes(isa, in_set, out_dtype, numel):
+def test_weighted_sum_dtypes(target, in_set, out_dtype, numel):
     xs = make_inputs(numel, DTYPE_SETS[in_set], seed=1)
     w = weights_for(len(xs))
-    out = torch.full((numel,), float("nan"), dtype=out_dtype)
-    got = kernels.weighted_sum(xs, w, out, impl="cpu")
+    out = target.to(torch.full((numel,), float("nan"), dtype=out_dtype))
+    got = kernels.weighted_sum(target.to(xs), w, out, impl=target.impl)
     assert got is out
-    assert_close_verbose(out, ref_sum(xs, w, out_dtype), *TOL[out_dtype], f"isa={isa} in={in_set} out={out_dtype}")
+    assert_close_verbose(out.cpu(), ref_sum(xs, w, out_dtype), *TOL[out_dtype], f"{target} in={in_set} out={out_dtype}")
 
 
-def test_weighted_sum_special_values(ext):
+def test_weighted_sum_special_values(target):
     xs = [torch.tensor([1.0, float("inf"), 3.0e38, -0.0, float("nan")] * 13), torch.ones(65)]
     for out_dtype in (F32, BF16, F16):
-        got = kernels.weighted_sum(xs, [2.0, 1.0], torch.empty(65, dtype=out_dtype), impl="cpu")
-        assert_close_verbose(got, ref_sum(xs, [2.0, 1.0], out_dtype), *TOL[out_dtype], f"specials out={out_dtype}")
+        got = kernels.weighted_sum(target.to(xs), [2.0, 1.0], target.to(torch.empty(65, dtype=out_dtype)), impl=target.impl)
+        assert_close_verbose(got.cpu(), ref_sum(xs, [2.0, 1.0], out_dtype), *TOL[out_dtype], f"{target} specials out={out_dtype}")
 
 
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "unaligned"])
 @pytest.mark.parametrize("alias", [0, 2])
 @pytest.mark.parametrize("dtype", [F32, BF16])
-def test_weighted_sum_out_aliases_input(isa, alias, dtype):
-    xs = make_inputs(100_003, [dtype] * 3, seed=2)
+def test_weighted_sum_out_aliases_input(target, alias, dtype, offset):
+    """``out`` is one of the inputs. ``unaligned``: views one element into their storage, so no
+    pointer is 16-byte aligned and every element takes the kernels' scalar path."""
+    n = 100_003
+    xs = [x[offset:] for x in make_inputs(n + offset, [dtype] * 3, seed=2)]
     w = [0.2, 0.3, 0.5]
     expect = ref_sum(xs, w, dtype)
-    got = kernels.weighted_sum(xs, w, xs[alias], impl="cpu")
-    assert got.data_ptr() == xs[alias].data_ptr()
-    assert_close_verbose(got, expect, *TOL[dtype], f"alias={alias} dtype={dtype}")
+    dev = target.to(xs)
+    got = kernels.weighted_sum(dev, w, dev[alias], impl=target.impl)
+    assert got.data_ptr() == dev[alias].data_ptr()
+    assert_close_verbose(got.cpu(), expect, *TOL[dtype], f"{target} alias={alias} dtype={dtype} offset={offset}")
 
 
 def test_weighted_sum_into_live_parameter(ext):
@@ -153,29 +185,34 @@ def test_weighted_sum_reads_readonly_mmap(ext, tmp_path):
 
 
 @pytest.mark.parametrize("m", [1, 3, 4, 5, 9])
-def test_multi_weighted_sum(isa, m):
+def test_multi_weighted_sum(target, m):
     xs = make_inputs(50_001, [F32, BF16, F16, F32], seed=4)
     gen = torch.Generator().manual_seed(m)
     w = torch.randn(m, len(xs), generator=gen)
     w[0, 1] = 0.0
     out_dtypes = [(F32, BF16, F16)[i % 3] for i in range(m)]
-    outs = [torch.empty(50_001, dtype=dt) for dt in out_dtypes]
-    got = kernels.multi_weighted_sum(xs, w, outs, impl="cpu")
+    outs = [target.to(torch.empty(50_001, dtype=dt)) for dt in out_dtypes]
+    got = kernels.multi_weighted_sum(target.to(xs), w, outs, impl=target.impl)
     for i, (o, dt) in enumerate(zip(got, out_dtypes)):
         assert o is outs[i]
-        assert_close_verbose(o, ref_sum(xs, w[i].tolist(), dt), *TOL[dt], f"isa={isa} M={m} mixture {i}")
+        assert_close_verbose(o.cpu(), ref_sum(xs, w[i].tolist(), dt), *TOL[dt], f"{target} M={m} mixture {i}")
 
 
-@pytest.mark.parametrize("m", [2, 6])
-def test_multi_weighted_sum_out_aliases_input(ext, m):
-    """M > 4 outputs are computed in groups; an aliased output must not corrupt later groups."""
-    xs = make_inputs(10_007, [F32] * 3, seed=5)
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "unaligned"])
+@pytest.mark.parametrize("m", [2, 4, 6])
+def test_multi_weighted_sum_out_aliases_input(target, m, offset):
+    """The first output is an input. M <= 4 outputs are computed together (every input element read
+    before any output element is written, in the vector path and in the scalar tail: 10,007 is
+    not a multiple of 4, and ``unaligned`` sends every element there); M > 4 go through a
+    temporary. Either way no later output may see an overwritten input."""
+    xs = [x[offset:] for x in make_inputs(10_007 + offset, [F32] * 3, seed=5)]
     w = torch.randn(m, 3, generator=torch.Generator().manual_seed(9))
     expect = [ref_sum(xs, row.tolist(), F32) for row in w]
-    outs = [xs[1]] + [torch.empty(10_007) for _ in range(m - 1)]
-    kernels.multi_weighted_sum(xs, w, outs, impl="cpu")
+    dev = target.to(xs)
+    outs = [dev[1]] + [target.to(torch.empty(10_007)) for _ in range(m - 1)]
+    kernels.multi_weighted_sum(dev, w, outs, impl=target.impl)
     for i, o in enumerate(outs):
-        assert_close_verbose(o, expect[i], *TOL[F32], f"M={m} mixture {i}")
+        assert_close_verbose(o.cpu(), expect[i], *TOL[F32], f"{target} M={m} offset={offset} mixture {i}")
 
 
 def test_multi_weighted_sum_new_outputs_and_reference():
@@ -264,7 +301,7 @@ def xent_case(n: int, d: int, v: int, seed: int = 0, scale: float = 1.0, ignore_
 def check_xent(got: kernels.XentResult, want: kernels.XentResult, what: str, atol: float = 2e-5) -> None:
     assert got.count == want.count, f"{what}: count {got.count} != {want.count}"
     assert got.nll.dtype == F32
-    assert_close_verbose(got.nll, want.nll, 1e-5, atol, what)
+    assert_close_verbose(got.nll.cpu(), want.nll.cpu(), 1e-5, atol, what)
     assert got.total == pytest.approx(want.total, rel=1e-6, abs=1e-6), what
 
 
@@ -273,13 +310,14 @@ def check_xent(got: kernels.XentResult, want: kernels.XentResult, what: str, ato
     [(1, 16, 5, None), (7, 33, 32001, None), (300, 64, 1000, 7), (513, 32, 4097, 100), (64, 48, 8193, 1)],
 )
 @pytest.mark.parametrize("with_bias", [False, True], ids=["nobias", "bias"])
-def test_xent_matches_reference(isa, n, d, v, chunk, with_bias):
+def test_xent_matches_reference(target, n, d, v, chunk, with_bias):
     hidden, weight, targets = xent_case(n, d, v, seed=n, ignore_frac=0.2)
     bias = torch.randn(v) if with_bias else None
-    got = kernels.linear_cross_entropy(hidden, weight, targets, bias, chunk_size=chunk, impl="cpu")
+    got = kernels.linear_cross_entropy(*target.to([hidden, weight, targets]), None if bias is None else target.to(bias),
+                                       chunk_size=chunk, impl=target.impl)
     want = kernels.linear_cross_entropy(hidden, weight, targets, bias, impl="reference")
-    check_xent(got, want, f"isa={isa} N={n} d={d} V={v} chunk={chunk} bias={with_bias}")
-    assert bool((got.nll[targets == -100] == 0).all())
+    check_xent(got, want, f"{target} N={n} d={d} V={v} chunk={chunk} bias={with_bias}")
+    assert bool((got.nll.cpu()[targets == -100] == 0).all())
 
 
 def test_xent_matches_f_cross_entropy_full_logits(ext):
@@ -291,33 +329,33 @@ def test_xent_matches_f_cross_entropy_full_logits(ext):
 
 
 @pytest.mark.parametrize("scale", [30.0, 1e-3])
-def test_xent_extreme_logits(ext, scale):
+def test_xent_extreme_logits(target, scale):
     """Logits of magnitude ~1e3 (online LSE must rescale, never overflow) and ~1e-3 (flat)."""
     hidden, weight, targets = xent_case(40, 64, 3001, seed=12, scale=scale)
-    got = kernels.linear_cross_entropy(hidden, weight, targets, impl="cpu")
+    got = kernels.linear_cross_entropy(*target.to([hidden, weight, targets]), impl=target.impl)
     want = kernels.linear_cross_entropy(hidden, weight, targets, impl="reference")
     assert bool(torch.isfinite(got.nll).all())
     check_xent(got, want, f"scale={scale}", atol=2e-5 * max(1.0, scale * 30))
 
 
-def test_xent_ignore_index_custom_and_all_ignored(ext):
+def test_xent_ignore_index_custom_and_all_ignored(target):
     hidden, weight, targets = xent_case(50, 16, 300, seed=13)
     targets[::3] = 7
-    got = kernels.linear_cross_entropy(hidden, weight, targets, ignore_index=7, impl="cpu")
+    got = kernels.linear_cross_entropy(*target.to([hidden, weight, targets]), ignore_index=7, impl=target.impl)
     want = kernels.linear_cross_entropy(hidden, weight, targets, ignore_index=7, impl="reference")
-    check_xent(got, want, "ignore_index=7")
+    check_xent(got, want, f"{target} ignore_index=7")
     assert got.count == int((targets != 7).sum())
-    none = kernels.linear_cross_entropy(hidden, weight, torch.full((50,), -100), impl="cpu")
+    none = kernels.linear_cross_entropy(*target.to([hidden, weight, torch.full((50,), -100)]), impl=target.impl)
     assert none.count == 0 and none.total == 0.0 and bool((none.nll == 0).all())
 
 
 @pytest.mark.parametrize("dtype", [BF16, F16])
-def test_xent_half_inputs(ext, dtype):
+def test_xent_half_inputs(target, dtype):
     hidden, weight, targets = xent_case(65, 32, 1001, seed=14)
-    hidden, weight = hidden.to(dtype), weight.to(dtype)
-    got = kernels.linear_cross_entropy(hidden, weight, targets, torch.zeros(1001, dtype=dtype), impl="cpu")
-    want = kernels.linear_cross_entropy(hidden, weight, targets, torch.zeros(1001, dtype=dtype), impl="reference")
-    check_xent(got, want, f"dtype={dtype}")
+    hidden, weight, bias = hidden.to(dtype), weight.to(dtype), torch.zeros(1001, dtype=dtype)
+    got = kernels.linear_cross_entropy(*target.to([hidden, weight, targets, bias]), impl=target.impl)
+    want = kernels.linear_cross_entropy(hidden, weight, targets, bias, impl="reference")
+    check_xent(got, want, f"{target} dtype={dtype}")
 
 
 def test_xent_non_contiguous_is_handled(ext):
@@ -354,14 +392,15 @@ def test_xent_argument_errors(ext):
 # --------------------------------------------------------------------------------------------
 
 
-def test_opcheck(ext):
-    xs = make_inputs(257, [F32, BF16])
-    torch.library.opcheck(torch.ops.shardmix.weighted_sum_.default,
-                          (xs, [0.5, -1.0, 1.0, 2.0], [torch.empty(257), torch.empty(257, dtype=BF16)]))
-    hidden, weight, targets = xent_case(9, 16, 50)
-    torch.library.opcheck(torch.ops.shardmix.linear_xent.default, (hidden, weight, torch.randn(50), targets, -100, 4, 16))
-    a, b, c = torch.empty(100), torch.randn(100), torch.randn(100)
-    torch.library.opcheck(torch.ops.shardmix.triad_.default, (a, b, c, 2.0, False))
+def test_opcheck(target):
+    xs = target.to(make_inputs(257, [F32, BF16]))
+    outs = target.to([torch.empty(257), torch.empty(257, dtype=BF16)])
+    torch.library.opcheck(torch.ops.shardmix.weighted_sum_.default, (xs, [0.5, -1.0, 1.0, 2.0], outs))
+    hidden, weight, targets = target.to(list(xent_case(9, 16, 50)))
+    torch.library.opcheck(torch.ops.shardmix.linear_xent.default, (hidden, weight, target.to(torch.randn(50)), targets, -100, 4, 16))
+    if target.impl == "cpu":  # the triad (the benchmark's bandwidth yardstick) is a CPU op
+        a, b, c = torch.empty(100), torch.randn(100), torch.randn(100)
+        torch.library.opcheck(torch.ops.shardmix.triad_.default, (a, b, c, 2.0, False))
 
 
 def test_available_impls_and_auto(ext):

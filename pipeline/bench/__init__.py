@@ -16,20 +16,25 @@ from pathlib import Path
 __all__ = ["emit", "interleaved_medians"]
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, float]:
+def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
+                        sync: Callable[[], object] | None = None) -> dict[str, float]:
     """Median wall seconds of each function, timing them round-robin.
 
     Every repetition runs each function once in turn, so slow phases of a shared, noisy machine
-    hit all of them alike and their ratios stay meaningful.
+    hit all of them alike and their ratios stay meaningful. ``sync`` (``torch.cuda.synchronize``
+    for GPU work) runs before the clock starts and before it stops, so queued kernels are counted.
     """
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 

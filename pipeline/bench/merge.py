@@ -1,6 +1,6 @@
 """Merge bandwidth: fused weighted sum vs a triad loop, torch's in-place chain and naive torch.
 
-``python -m pipeline.bench merge [--quick] [--json] [--csv PATH]``
+``python -m pipeline.bench merge [--quick] [--json] [--csv PATH] [--device cpu|cuda]``
 
 All variants are timed round-robin in one process with the same threads
 (``torch.get_num_threads()``); each figure is the median of ``--reps`` repetitions. Effective
@@ -8,6 +8,11 @@ GB/s = (K inputs + 1 output) x bytes / seconds (for the triad: 3 arrays x 4 byte
 loop lives in the same C++ extension as the merge (same compiler, ISA and threads); ``triad_gbps``
 is the STREAM-like loop with ordinary stores, ``triad_nt_gbps`` the same with streaming stores.
 Last line printed: one JSON object (keys listed in issue 3, plus the ratios).
+
+``--device cuda``: the same variants on the GPU (the CUDA kernel), timed with the device
+synchronised around each call, against the device's own copy bandwidth measured in the same run
+(``memcpy_gbps``: a device-to-device ``copy_`` of one input, read + write bytes), the GPU's
+yardstick as the triad is the CPU's.
 """
 
 from __future__ import annotations
@@ -65,6 +70,63 @@ def _variants(ops, k: int, numel: int, multi_m: int) -> dict:
     }
 
 
+def _cuda_variants(k: int, numel: int, multi_m: int) -> dict:
+    """(max error of the fused kernel against the reference, the GPU variants over the same seeded inputs)."""
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    xs = [torch.rand(numel, generator=gen, device=dev) for _ in range(k)]
+    xs_bf16 = [x.to(torch.bfloat16) for x in xs]
+    weights = torch.rand(k, generator=gen, device=dev)
+    weights = (weights / weights.sum()).cpu()
+    wl = weights.tolist()
+    mix = torch.rand(multi_m, k)
+    out = torch.zeros(numel, device=dev)
+    outs = [torch.zeros(numel, device=dev) for _ in range(multi_m)]
+    kernels.weighted_sum(xs, weights, out, impl="cuda")
+    expect = kernels.weighted_sum(xs, weights, impl="reference")
+    err = float((out - expect).abs().max())
+    if not torch.allclose(out, expect, rtol=1e-5, atol=1e-6):
+        raise RuntimeError(f"CUDA fused merge differs from the reference by {err}")
+
+    def torch_chain() -> None:
+        torch.mul(xs[0], wl[0], out=out)
+        for w, x in zip(wl[1:], xs[1:]):
+            out.add_(x, alpha=w)
+
+    return err, {
+        "fused": lambda: kernels.weighted_sum(xs, weights, out, impl="cuda"),
+        "fused_bf16": lambda: kernels.weighted_sum(xs_bf16, weights, out, impl="cuda"),
+        "multi": lambda: kernels.multi_weighted_sum(xs, mix, outs, impl="cuda"),
+        "torch_chain": torch_chain,
+        "memcpy": lambda: out.copy_(xs[0]),
+        "naive": lambda: sum(w * x for w, x in zip(wl, xs)),
+    }
+
+
+def run_cuda(k: int, numel: int, multi_m: int, reps: int) -> dict:
+    """The GPU figures at K inputs of ``numel`` fp32 elements."""
+    err, fns = _cuda_variants(k, numel, multi_m)
+    secs = interleaved_medians(fns, reps=reps, sync=torch.cuda.synchronize)
+    gbps = lambda nbytes, s: nbytes / s / 1e9  # noqa: E731
+    fp32_bytes = (k + 1) * 4 * numel
+    res = {
+        "device": torch.cuda.get_device_name(), "K": k, "numel": numel, "dtype": "float32",
+        "fused_gbps": gbps(fp32_bytes, secs["fused"]),
+        "torch_chain_gbps": gbps(fp32_bytes, secs["torch_chain"]),
+        "naive_gbps": gbps(fp32_bytes, secs["naive"]),
+        "memcpy_gbps": gbps(2 * 4 * numel, secs["memcpy"]),
+        "bf16_fused_gbps": gbps((k * 2 + 4) * numel, secs["fused_bf16"]),
+        "multi_M": multi_m, "multi_s_per_mixture": secs["multi"] / multi_m, "single_s_per_mixture": secs["fused"],
+        "max_abs_err_vs_reference": err, "reps": reps,
+    }
+    res["fused_over_memcpy"] = res["fused_gbps"] / res["memcpy_gbps"]
+    res["bf16_over_memcpy"] = res["bf16_fused_gbps"] / res["memcpy_gbps"]
+    res["fused_over_torch_chain"] = res["fused_gbps"] / res["torch_chain_gbps"]
+    res["fused_over_naive"] = res["fused_gbps"] / res["naive_gbps"]
+    res["multi_over_single"] = res["multi_s_per_mixture"] / res["single_s_per_mixture"]
+    return {key: round(v, 4) if isinstance(v, float) else v for key, v in res.items()}
+
+
 def run(k: int, numel: int, multi_m: int, reps: int) -> dict:
     """Measure every variant at K inputs of ``numel`` fp32 elements; return the figures."""
     ops = _ext.load_ops(raise_on_error=True)
@@ -113,12 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-M", "--multi", type=int, default=4, help="mixtures for the multi form (default 4)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7, quick 3)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the figures to this CSV")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     numel = args.numel or (4 * 2**20 if args.quick else 64 * 2**20)
     reps = args.reps or (3 if args.quick else 7)
-    res = run(args.K, numel, args.multi, reps)
+    if args.device == "cuda":
+        if not (torch.cuda.is_available() and _ext.has_cuda_kernels()):
+            parser.error(f"--device cuda: no CUDA device or no CUDA kernels ({_ext.load_error() or 'torch sees no GPU'})")
+        res = run_cuda(args.K, numel, args.multi, reps)
+    else:
+        res = run(args.K, numel, args.multi, reps)
     emit(res, csv_path=args.csv, table=not args.json)
     return 0
 

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench.fixtures import CACHE, REPO, ensure_eval_tokens, ensure_shards, ensure_smollm2, random_llama, tiny_seed, warm
+from pipeline.bench._fixtures import CACHE, REPO, ensure_eval_tokens, ensure_shards, ensure_smollm2, random_llama, tiny_seed, warm
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run_worker(method: str, spec: dict, timeout: float = 3600) -> dict:
-    """Run :func:`pipeline.bench.proxy_worker.worker` in a fresh interpreter; return its JSON result (or an error record)."""
+    """Run :func:`pipeline.bench._proxy_worker.worker` in a fresh interpreter; return its JSON result (or an error record)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.bench.proxy_worker", method, json.dumps(spec)],
+    proc = subprocess.run([sys.executable, "-m", "pipeline.bench._proxy_worker", method, json.dumps(spec)],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:

@@ -1,6 +1,6 @@
 """Streaming cross-entropy vs full logits + ``F.cross_entropy``: time, peak memory, agreement.
 
-``python -m pipeline.bench xent [--quick] [--json] [--csv PATH]``
+``python -m pipeline.bench xent [--quick] [--json] [--csv PATH] [--device cpu|cuda]``
 
 Time: medians of ``--reps`` round-robin repetitions in one process. Peak memory: each variant
 runs once in a FRESH subprocess that builds the inputs, does a tiny warm-up call (loads the
@@ -9,6 +9,11 @@ runs the full-size call and reports ``VmHWM - VmRSS(before)``: the extra residen
 inputs, counting every allocator (torch, MKL, glibc). Accuracy: per-token ``max_abs_err`` and
 ``rel_err_total`` of the streamed fp64 total against ``F.cross_entropy(reduction="none")`` on the
 full fp32 logits, summed in fp64. Last line printed: one JSON object.
+
+``--device cuda``: the same on the GPU (the CUDA kernel), timed with the device synchronised;
+peak memory is ``torch.cuda.max_memory_allocated`` during the call minus what was allocated
+before it (the inputs); ``gemm_tflops`` is the [T, D] x [D, V] product alone in the same run, fp32
+as the kernel computes it: the floor that any logits-based method pays.
 """
 
 from __future__ import annotations
@@ -106,6 +111,41 @@ def run(t: int, d: int, v: int, reps: int) -> dict:
             for key, val in res.items()}
 
 
+def run_cuda(t: int, d: int, v: int, reps: int) -> dict:
+    """The GPU figures at [T, D] x [V, D]."""
+    dev = torch.device("cuda")
+    hidden, weight, targets = (x.to(dev) for x in make_inputs(t, d, v))
+    fns = {"naive": lambda: naive_nll(hidden, weight, targets),
+           "stream": lambda: kernels.linear_cross_entropy(hidden, weight, targets, impl="cuda").nll,
+           "gemm": lambda: hidden @ weight.T}
+    ref = naive_nll(hidden, weight, targets)
+    got = kernels.linear_cross_entropy(hidden, weight, targets, impl="cuda")
+    ref_total = float(ref.double().sum())
+    secs = interleaved_medians(fns, reps, sync=torch.cuda.synchronize)
+    peak = {}
+    for name in ("naive", "stream"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = fns[name]()
+        torch.cuda.synchronize()
+        peak[name] = (torch.cuda.max_memory_allocated() - before) / 2**20
+        del result
+    res = {
+        "device": torch.cuda.get_device_name(), "T": t, "D": d, "V": v, "dtype": "float32",
+        "stream_ms": secs["stream"] * 1e3, "naive_ms": secs["naive"] * 1e3, "gemm_ms": secs["gemm"] * 1e3,
+        "gemm_tflops": 2 * t * d * v / secs["gemm"] / 1e12,
+        "stream_peak_mb": peak["stream"], "naive_peak_mb": peak["naive"],
+        "max_abs_err": float((got.nll - ref).abs().max()),
+        "rel_err_total": abs(got.total - ref_total) / abs(ref_total),
+        "reps": reps,
+    }
+    res["time_ratio"] = res["stream_ms"] / res["naive_ms"]
+    res["memory_ratio"] = res["stream_peak_mb"] / res["naive_peak_mb"]
+    return {key: round(val, 4) if isinstance(val, float) and key not in ("max_abs_err", "rel_err_total") else val
+            for key, val in res.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m pipeline.bench xent", description=__doc__.split("\n")[0])
@@ -116,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-V", type=int, default=None, help="vocabulary (default 32000, quick 8000)")
     parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 7, quick 3)")
     parser.add_argument("--csv", type=Path, default=None, help="also write the figures to this CSV")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
     parser.add_argument("--_peak", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     t = args.T or (1024 if args.quick else 4096)
@@ -125,7 +166,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    res = run(t, args.D, v, args.reps or (3 if args.quick else 7))
+    reps = args.reps or (3 if args.quick else 7)
+    if args.device == "cuda":
+        from pipeline.kernels import _ext
+
+        if not (torch.cuda.is_available() and _ext.has_cuda_kernels()):
+            parser.error(f"--device cuda: no CUDA device or no CUDA kernels ({_ext.load_error() or 'torch sees no GPU'})")
+        res = run_cuda(t, args.D, v, reps)
+    else:
+        res = run(t, args.D, v, reps)
     emit(res, csv_path=args.csv, table=not args.json)
     return 0
 

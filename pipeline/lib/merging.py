@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from pipeline.lib.pool import ShardPool
 
 CHUNK_BYTES = 64 << 20  # shard bytes read per fused-kernel call (bounds resident mmap pages)
+# Chunk lengths are multiples of this many elements, so that a chunk of an aligned tensor starts
+# aligned (the kernels' vector paths need 16-byte alignment; 4096 elements is a 4 KiB page at least).
+CHUNK_ALIGN = 4096
 
 
 def merge_plan(model: torch.nn.Module, pool: ShardPool) -> list[tuple[str, torch.Tensor]]:
@@ -91,7 +94,7 @@ def merge_many_into(models: Sequence[torch.nn.Module], weights: Sequence[Sequenc
                 continue
             views = [v.view(-1) for v in pool.views(src, ks)]
             n = outs[0].numel()
-            step = max(4096, chunk_bytes // (len(ks) * views[0].element_size()))
+            step = max(1, chunk_bytes // (len(ks) * views[0].element_size()) // CHUNK_ALIGN) * CHUNK_ALIGN
             for a in range(0, n, step):
                 b = min(n, a + step)
                 multi_weighted_sum([v[a:b] for v in views], w, [o[a:b] for o in outs], impl=impl)

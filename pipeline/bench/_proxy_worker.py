@@ -1,6 +1,6 @@
 """One method of the proxy benchmark, run in a fresh interpreter so that its peak RSS is its own.
 
-``python -m pipeline.bench.proxy_worker METHOD SPEC_JSON`` prints one JSON object: seconds per
+``python -m pipeline.bench._proxy_worker METHOD SPEC_JSON`` prints one JSON object: seconds per
 mixture (merge and evaluation apart), perplexities and peak RSS. :mod:`pipeline.bench.proxy`
 starts it once per method (``run_worker``); the methods are described there.
 """
