@@ -8,7 +8,7 @@
 - :func:`made_by`: the provenance stored *inside* an output (which stage, the command, the
   params and library versions). It holds only what is fixed by the inputs, so an output made
   twice from the same inputs on the same machine is byte-identical and DVC's hash does not move.
-- :func:`record_run`: what may differ between two runs of the same inputs (time taken,
+- :class:`RunRecord`: what may differ between two runs of the same inputs (time taken,
   throughput, git commit and dirty flag, host, CPU instruction set, threads) goes to
   ``runs/<stage>/<item>.json`` instead, beside the outputs: neither git nor DVC tracks it.
 """

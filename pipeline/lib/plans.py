@@ -10,6 +10,7 @@ reruns it when *its* shards' data or weights change, not when another shard is a
 from __future__ import annotations
 
 from pathlib import Path
+
 from pipeline.lib.outputs import read_json
 from pipeline.lib.runtime import StageError
 from pipeline.params.shards import ShardSpec
