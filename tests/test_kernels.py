@@ -7,6 +7,9 @@ logits), ``torch.library.opcheck`` and each run-time CPU code path (AVX-512 / AV
 The same cases run on CUDA where a GPU and the CUDA kernels are present (the ``target`` fixture,
 pytorch/extension-cpp style), and skip cleanly elsewhere. The extension is built once per session
 (cached under .cache/torch_extensions).
+
+Longer than ~350 lines on purpose: one table of cases run against every target is the point; split
+by kernel, the fixtures and the target matrix would be repeated in each file.
 """
 
 from __future__ import annotations

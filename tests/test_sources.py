@@ -4,6 +4,9 @@ Each test builds a tiny archive with the layout of the real package (a fake npm 
 .deb made with dpkg-deb) and puts it in a temporary download cache where ``fetch`` finds it, so
 nothing is downloaded. Tests that do reach the registries are marked ``network`` and run only
 with SHARDMIX_NETWORK_TESTS=1.
+
+Longer than ~350 lines on purpose: a test per source (twelve package layouts) beside the fake
+archive builders they share; a file per source would repeat the builders.
 """
 
 from __future__ import annotations

