@@ -133,6 +133,20 @@ def test_missing_gguf_is_a_clear_error(tmp_path, caplog):
     assert not (tmp_path / "seed").exists()
 
 
+@pytest.mark.parametrize("absent", ["gguf", "accelerate"])
+def test_a_missing_gguf_reader_package_is_named_with_its_fix(tmp_path, caplog, monkeypatch, absent):
+    """transformers reads GGUF through gguf and accelerate: without one, the error names it and the pip command."""
+    import importlib.util
+
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == absent else real(name, *a))
+    with caplog.at_level(logging.ERROR):
+        assert convert(["gguf", str(tmp_path / "tiny.gguf"), "--out", str(tmp_path / "seed")]) == 2
+    assert f"reading GGUF needs the {absent} package" in caplog.text and "pip install" in caplog.text
+    assert not (tmp_path / "seed").exists()
+
+
 @pytest.mark.network
 @pytest.mark.slow
 def test_smollm2_converts_and_trains(tmp_path):

@@ -70,8 +70,10 @@ def smollm2_gguf(cache: Path) -> Path:
 
 
 def _load_gguf(path: Path):
-    if importlib.util.find_spec("gguf") is None:  # transformers reads GGUF through it
-        raise StageError(f"{path}: reading GGUF needs the gguf package (scripts/setup.sh installs it): pip install 'gguf>=0.10'")
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]  # transformers reads GGUF through both
+    if missing:
+        raise StageError(f"{path}: reading GGUF needs the {' and '.join(missing)} package{'s' if len(missing) > 1 else ''} "
+                         f"(scripts/setup.sh installs them): pip install 'gguf>=0.10' 'accelerate>=1.0'")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
