@@ -15,10 +15,12 @@ import logging
 from pathlib import Path
 
 from pipeline.params.core import StageParams, Threads
+from pipeline.params.device import DeviceName, Precision, SaveDtype
 from pipeline.params.model import BaseConfig, ModelConfig
 from pipeline.lib.models import build_model, count_params, load_model, load_tokenizer, save_model
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, write_json
-from pipeline.lib.runtime import StageError, configure_threads, run_stage, stage_parser
+from pipeline.lib.device import placement
+from pipeline.lib.runtime import StageError, run_stage, stage_parser
 from pipeline.lib.tokens import Slice, TokenFile
 from pipeline.lib.training import train_model
 
@@ -30,6 +32,9 @@ class Params(StageParams):
 
     seed: int = 0
     threads: Threads = 0
+    device: DeviceName = "cpu"
+    precision: Precision = "fp32"
+    save_dtype: SaveDtype = "float32"
     model: ModelConfig = ModelConfig()
     base: BaseConfig
 
@@ -46,7 +51,7 @@ def base_slices(base_dir: Path) -> list[Slice]:
 
 
 def main(args, cfg: Params) -> None:
-    configure_threads(cfg.threads)
+    place = placement(cfg.threads, cfg.device, cfg.precision, cfg.save_dtype, args.params)
     run = RunRecord("base")
     tokenizer = load_tokenizer(args.tokenizer)
     if cfg.base.init == "pretrained":
@@ -62,13 +67,13 @@ def main(args, cfg: Params) -> None:
     with atomic_dir(args.live) as live_tmp:
         if cfg.base.tokens > 0:
             slices = base_slices(args.tokens)
-            stats, speed = train_model(model, slices, [s.tokens for s in slices], cfg.base, cfg.seed, live_tmp, desc="base")
+            stats, speed = train_model(model, slices, [s.tokens for s in slices], cfg.base, cfg.seed, live_tmp, desc="base", place=place)
         else:
             write_json(live_tmp / "metrics.json", {"note": "seed used as given (base.tokens = 0)"})
         meta = made_by("base", origin=origin, seed=cfg.seed, recipe=cfg.base.model_dump(), model=cfg.model.model_dump(),
-                       params=count_params(model), **stats)
-        save_model(model, args.out, tokenizer, meta)
-    run.write(**speed)
+                       params=count_params(model), **stats, **place.record(saved=True))
+        save_model(place.for_saving(model), args.out, tokenizer, meta)
+    run.write(**speed, **place.facts())
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -6,19 +6,22 @@ small record that is the same for every valid file. Every stage runs after it (p
 on that record), so ``dvc repro`` or ``dvc exp run -S ...`` with a mistake anywhere in params.yaml
 stops here, naming the key, before DVC removes a single output; and since the record does not
 change, a params edit reruns only the stages that read the edited keys. Each stage run by hand
-validates the sections it reads.
+validates the sections it reads. It also checks that this machine has params ``device`` (a GPU
+for ``cuda``), so a run meant for a GPU stops here on a machine without one.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.lib.device import resolve_device
 from pipeline.lib.outputs import made_by, write_json
 from pipeline.lib.runtime import run_stage, stage_parser
 from pipeline.params.config import Config
 
 
 def main(args, cfg: Config) -> None:
+    resolve_device(cfg.device, args.params)
     write_json(args.out, {"params": str(args.params), "valid": True, "made_by": made_by("check")})
 
 

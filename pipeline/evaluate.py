@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.params.core import StageParams, Threads
+from pipeline.params.device import DeviceName, Precision
 from pipeline.params.evaluation import EvalConfig
 from pipeline.params.shards import Shards
 from pipeline.lib.models import load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, save_npz, write_json
-from pipeline.lib.runtime import StageError, configure_threads, run_stage, stage_parser
+from pipeline.lib.device import placement
+from pipeline.lib.runtime import StageError, run_stage, stage_parser
 from pipeline.lib.scoring import available_eval_domains, evaluate, load_eval_sets
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ class Params(StageParams):
     """The params evaluate reads (``shards``: with ``--shard``, which domain is the shard's own)."""
 
     threads: Threads = 0
+    device: DeviceName = "cpu"
+    precision: Precision = "fp32"
     eval: EvalConfig = EvalConfig()
     shards: Shards
 
@@ -50,22 +54,22 @@ def own_domain(cfg: Params, shard: str, scores: dict, seed_metrics: Path | None)
 
 
 def main(args, cfg: Params) -> None:
-    configure_threads(cfg.threads)
+    place = placement(cfg.threads, cfg.device, cfg.precision, params=args.params)
     run = RunRecord("evaluate", str(args.out))
     domains = cfg.eval.select(available_eval_domains(args.tokens))
     sets = load_eval_sets(args.tokens, domains, cfg.eval.seq_len)
-    model = load_model(args.model)
+    model = load_model(args.model).to(place.device)
     per_token: dict[str, np.ndarray] | None = {} if args.save_nll else None
-    scores = evaluate(model, sets, cfg.eval.batch_size, desc=f"evaluate {args.model}", per_token=per_token)
+    scores = evaluate(model, sets, cfg.eval.batch_size, desc=f"evaluate {args.model}", per_token=per_token, place=place)
     result: dict = {"model": str(args.model), "eval": {d: {"ppl": round(s["ppl"], 4), "bpb": round(s["bpb"], 5)} for d, s in scores.items()}}
     if args.shard:
         result["own_domain"] = own_domain(cfg, args.shard, scores, args.seed_metrics)
     result["totals"] = {d: {"nll_sum": s["nll"] * s["tokens"], "tokens": s["tokens"], "bytes": s["bytes"]} for d, s in scores.items()}
-    result["made_by"] = made_by("evaluate", eval=cfg.eval.model_dump())
+    result["made_by"] = made_by("evaluate", eval=cfg.eval.model_dump(), **place.record())
     if args.save_nll:
         save_npz(args.save_nll, per_token)
     write_json(args.out, result)
-    run.write()
+    run.write(**place.facts())
     for d, s in scores.items():
         log.info("%-20s ppl %9.3f  bpb %.4f", d, s["ppl"], s["bpb"])
 

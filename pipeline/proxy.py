@@ -6,7 +6,7 @@
 eval domain writes the merged model's token perplexity and bits-per-byte; each shard model alone
 and the seed are scored the same way, on the same windows, as references.
 
-One resident model (the seed, fp32). For each mixture, :func:`pipeline.lib.merging.merge_into` writes the
+One resident model (the seed, fp32, on params ``device``; the shards there too when they fit). For each mixture, :func:`pipeline.lib.merging.merge_into` writes the
 weighted average of the memory-mapped shard tensors into its parameters in place, and
 :func:`pipeline.lib.scoring.evaluate` scores it with the streaming cross-entropy; a shard alone is the
 merge with weight 1 on that shard. References are recomputed here rather than read from
@@ -32,12 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.params.core import ConfigError, StageParams, Threads
+from pipeline.params.device import DeviceName, Precision
 from pipeline.params.evaluation import EvalConfig
 from pipeline.params.mixtures import MixturesConfig, ValidationConfig
 from pipeline.params.shards import Shards
 from pipeline.lib.mixtures import Mixture, resolve_mixtures, resolve_validation
 from pipeline.lib.outputs import RunRecord, json_text, made_by, write_texts_atomic
-from pipeline.lib.runtime import StageError, configure_threads, run_stage, stage_parser
+from pipeline.lib.device import placement
+from pipeline.lib.runtime import StageError, run_stage, stage_parser
 from pipeline.lib.scoring import available_eval_domains, load_eval_sets
 from pipeline.lib.sweep import score_all
 from pipeline.lib.tokens import shard_token_counts
@@ -71,6 +73,8 @@ class Params(StageParams):
     """The params proxy reads."""
 
     threads: Threads = 0
+    device: DeviceName = "cpu"
+    precision: Precision = "fp32"
     shards: Shards
     mixtures: MixturesConfig = MixturesConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -130,7 +134,7 @@ def candidates(cfg: Params, mcfg: MixturesConfig, tokens_dir: Path, params: Path
 
 
 def main(args, cfg: Params) -> None:
-    configure_threads(cfg.threads)
+    place = placement(cfg.threads, cfg.device, cfg.precision, params=args.params)
     run = RunRecord("proxy")
     mcfg: MixturesConfig = cfg.mixtures
     mixtures, validation = candidates(cfg, mcfg, args.tokens, args.params)
@@ -142,13 +146,13 @@ def main(args, cfg: Params) -> None:
     log.info("proxy: %d mixtures (%d validation) of %d shards x %d eval domains (%d tokens each at most)", len(mixtures),
              len(validation), len(names), len(sets), max(e.predicted for e in sets))
     metrics = score_all(mixtures, {s: args.shards_dir / s for s in names}, args.base, sets, cfg.eval.batch_size,
-                        at_once=mcfg.at_once)
+                        at_once=mcfg.at_once, place=place)
     for name, entry in metrics["mixtures"].items():
         entry["validation"] = name in validation
     cost = metrics.pop("cost")
-    metrics["made_by"] = made_by("proxy", mixtures=mcfg.model_dump(), eval=cfg.eval.model_dump())
+    metrics["made_by"] = made_by("proxy", mixtures=mcfg.model_dump(), eval=cfg.eval.model_dump(), **place.record())
     write_outputs(metrics, args.out, args.plot)
-    run.write(cost=cost)
+    run.write(cost=cost, **place.facts())
     log.info("proxy: %d mixtures in %.1fs (%.3fs merge + %.3fs eval per mixture); wrote %s and %s", cost["mixtures"],
              cost["seconds"], cost["merge_s_per_mixture"], cost["eval_s_per_mixture"], args.out, args.plot)
 

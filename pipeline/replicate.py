@@ -24,7 +24,8 @@ from pathlib import Path
 from pipeline.params.config import Config
 from pipeline.lib.models import load_model
 from pipeline.lib.outputs import made_by, save_npz, write_json
-from pipeline.lib.runtime import StageError, configure_threads, run_stage, stage_parser
+from pipeline.lib.device import placement
+from pipeline.lib.runtime import StageError, run_stage, stage_parser
 from pipeline.lib.scoring import available_eval_domains, evaluate, load_eval_sets
 from pipeline.lib.plans import read_plan
 from pipeline.lib.training import continue_pretraining
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def main(args, cfg: Config) -> None:
-    configure_threads(cfg.threads)
+    place = placement(cfg.threads, cfg.device, cfg.precision, cfg.save_dtype, args.params)
     if args.seed_offset == 0:
         raise StageError("--seed-offset 0 would retrain the very same models; give another offset, e.g. --seed-offset 1")
     names = args.mixtures or list(cfg.validation.mixtures)
@@ -53,9 +54,10 @@ def main(args, cfg: Config) -> None:
         log.info("[%d/%d] %s: training the replicate", i, len(names), name)
         _, specs, weights = read_plan(args.plans / f"{name}.json")
         continue_pretraining(data_seed, cfg.train, name, specs, weights, model_dir, out / "curves" / name, args.base, args.tokens,
-                             stage="replicate")
+                             stage="replicate", place=place)
         per_token: dict = {}
-        scores = evaluate(load_model(model_dir), sets, cfg.eval.batch_size, desc=f"evaluate {name}", per_token=per_token)
+        scores = evaluate(load_model(model_dir).to(place.device), sets, cfg.eval.batch_size, desc=f"evaluate {name}",
+                          per_token=per_token, place=place)
         write_json(out / "metrics" / f"{name}.json", {"model": str(model_dir), "eval": {d: {"ppl": round(s["ppl"], 4), "bpb": round(s["bpb"], 5)} for d, s in scores.items()}})
         save_npz(nll, per_token)
     write_json(out / "replicate.json", made_by("replicate", seed_offset=args.seed_offset, data_seed_base=data_seed,

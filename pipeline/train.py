@@ -8,8 +8,9 @@ The recipe is the paper's: AdamW at a constant learning rate, a token budget per
 ``train.tokens``, a seeded data order (:mod:`pipeline.lib.training`). A validation mixture
 (``--plan data/plans/<mixture>.json``, written by the plan stage) trains on the union of its shards,
 interleaved by its weights, for (number of shards) x ``train.tokens`` tokens; a shard is a mixture
-of one. Of params, a shard model reads ``seed``, ``threads``, ``train`` and its own ``shards``
-entry; a mixture model the same but its plan instead of ``shards``.
+of one. Of params, a shard model reads ``seed``, ``threads``, ``device``, ``precision``,
+``save_dtype``, ``train`` and its own ``shards`` entry; a mixture model the same but its plan
+instead of ``shards``.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.params.core import StageParams, Threads
+from pipeline.params.device import DeviceName, Precision, SaveDtype
 from pipeline.params.model import OptimConfig
 from pipeline.params.shards import Shards
 from pipeline.lib.outputs import RunRecord
-from pipeline.lib.runtime import StageError, configure_threads, run_stage, stage_parser
+from pipeline.lib.device import placement
+from pipeline.lib.runtime import StageError, run_stage, stage_parser
 from pipeline.lib.plans import read_plan
 from pipeline.lib.training import continue_pretraining
 
@@ -30,12 +33,15 @@ class Params(StageParams):
 
     seed: int = 0
     threads: Threads = 0
+    device: DeviceName = "cpu"
+    precision: Precision = "fp32"
+    save_dtype: SaveDtype = "float32"
     train: OptimConfig
     shards: Shards
 
 
 def main(args, cfg: Params) -> None:
-    configure_threads(cfg.threads)
+    place = placement(cfg.threads, cfg.device, cfg.precision, cfg.save_dtype, args.params)
     if (args.shard is None) == (args.plan is None):
         raise StageError("give exactly one of --shard NAME or --plan FILE")
     if args.shard is not None:
@@ -45,8 +51,9 @@ def main(args, cfg: Params) -> None:
     else:
         (name, specs, weights), stage = read_plan(args.plan), "train_mixture"
     run = RunRecord(stage, name)
-    speed = continue_pretraining(cfg.seed, cfg.train, name, specs, weights, args.out, args.live, args.base, args.tokens, stage=stage)
-    run.write(**speed)
+    speed = continue_pretraining(cfg.seed, cfg.train, name, specs, weights, args.out, args.live, args.base, args.tokens, stage=stage,
+                                 place=place)
+    run.write(**speed, **place.facts())
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -1,16 +1,14 @@
 """Shared fixtures: a tiny corpus of real text found on any Python machine, and tiny params.
 
-The corpus needs no network: three domains built from the Python installation itself —
-``code`` (stdlib modules' source), ``prose`` (stdlib modules' docstrings) and ``legal`` (licence
-texts) — written as a JSONL file the pipeline reads as the user's own corpus.
+The corpus needs no network: three domains built from the Python installation itself
+(:func:`pipeline.bench._fixtures.stdlib_corpus_rows`: ``code``, ``prose``, ``legal``), written as a
+JSONL file the pipeline reads as the user's own corpus.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
-import inspect
 import json
 import os
 import shutil
@@ -21,52 +19,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.bench._fixtures import stdlib_corpus_rows
+
 REPO = Path(__file__).resolve().parents[1]
-
-CODE_MODULES = ["json.decoder", "json.encoder", "csv", "textwrap", "string", "fractions", "heapq", "bisect",
-                "shlex", "glob", "fnmatch", "colorsys", "calendar", "statistics", "difflib", "pprint", "ipaddress",
-                "tokenize", "argparse", "configparser", "dataclasses", "enum", "functools", "gettext", "locale",
-                "logging", "optparse", "pathlib", "pickle", "random", "smtplib", "tarfile", "zipfile"]
-
-
-def _docstrings(modname: str) -> list[str]:
-    mod = importlib.import_module(modname)
-    out = [inspect.getdoc(mod) or ""]
-    for _, obj in inspect.getmembers(mod):
-        if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == modname:
-            out.append(inspect.getdoc(obj) or "")
-    return [d for d in out if len(d) > 200]
-
-
-def _licences() -> list[tuple[str, str]]:
-    seen, out = set(), []
-    for p in sorted(Path(sys.prefix).glob("lib/python3*/site-packages/*.dist-info/LICEN[CS]E*")) + sorted(Path(sys.base_prefix).glob("lib/python3*/LICENSE.txt")):
-        if p.is_file():
-            text = p.read_text(errors="replace")
-            if len(text) > 300 and text not in seen:
-                seen.add(text)
-                out.append((p.parent.name.split("-")[0] + "/" + p.name, text))
-    return out
-
-
-def make_corpus_rows(max_per_domain: int = 60) -> list[dict]:
-    rows = []
-    for m in CODE_MODULES[:max_per_domain]:
-        rows.append({"id": f"code/{m}", "domain": "code", "text": inspect.getsource(importlib.import_module(m))[:20000]})
-    n = 0
-    for m in CODE_MODULES:
-        for i, d in enumerate(_docstrings(m)):
-            if n < max_per_domain * 2:
-                rows.append({"id": f"prose/{m}/{i}", "domain": "prose", "text": d})
-                n += 1
-    for name, text in _licences()[:max_per_domain]:
-        rows.append({"id": f"legal/{name}", "domain": "legal", "text": text[:20000]})
-    return rows
-
 
 @pytest.fixture(scope="session")
 def corpus_rows() -> list[dict]:
-    rows = make_corpus_rows()
+    rows = stdlib_corpus_rows()
     assert {r["domain"] for r in rows} == {"code", "prose", "legal"}, "the test corpus needs all three domains"
     return rows
 
@@ -74,6 +33,9 @@ def corpus_rows() -> list[dict]:
 TINY_PARAMS = {
     "seed": 0,
     "threads": 1,
+    "device": "cpu",
+    "precision": "fp32",
+    "save_dtype": "float32",
     "prepare": {"domains": [], "local": [{"path": "corpus.jsonl", "text_field": "text", "domain_field": "domain", "id_field": "id"}],
                 "max_mb": 0.3, "min_chars": 100, "eval_fraction": 0.1, "base_fraction": 0.3},
     "tokenize": {"vocab_size": 512, "sample_mb_per_domain": 0.1, "eval_tokens": 1024, "num_proc": 1},

@@ -112,7 +112,7 @@ def test_convert_never_replaces_a_folder_it_did_not_write(tmp_path, caplog):
         assert convert(["gguf", str(tmp_path / "tiny.gguf"), "--out", str(mine)]) == 2
         assert convert(["gguf", str(tmp_path / "tiny.gguf"), "--out", str(tmp_path)]) == 2
     assert f"--out {mine}: exists and is not a folder this conversion wrote" in caplog.text
-    assert f"--out {tmp_path}: holds the GGUF" in caplog.text
+    assert f"--out {tmp_path}: holds the source" in caplog.text
     assert (mine / "notes.txt").read_text() == "keep me" and (tmp_path / "tiny.gguf").is_file()
 
 
@@ -131,6 +131,24 @@ def test_missing_gguf_is_a_clear_error(tmp_path, caplog):
         assert convert(["gguf", str(tmp_path / "absent.gguf"), "--out", str(tmp_path / "seed")]) == 2
     assert "absent.gguf: no such GGUF file" in caplog.text
     assert not (tmp_path / "seed").exists()
+
+
+def test_random_like_has_the_shapes_and_tokenizer_of_its_model_and_seeded_weights(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from pipeline.lib.models import load_tokenizer
+
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    assert convert(["gguf", str(tmp_path / "tiny.gguf"), "--out", str(tmp_path / "seed")]) == 0
+    for out, seed in (("r0", 3), ("r0b", 3), ("r1", 4)):  # the tiny GGUF's own weights are torch seed 0
+        assert convert(["random", "--like", str(tmp_path / "seed"), "--seed", str(seed), "--out", str(tmp_path / out)]) == 0
+    given, r0, r0b, r1 = (load_file(tmp_path / f / "model.safetensors") for f in ("seed", "r0", "r0b", "r1"))
+    assert {k: v.shape for k, v in given.items()} == {k: v.shape for k, v in r0.items()}
+    assert all(torch.equal(r0[k], r0b[k]) for k in r0) and not all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert not any(torch.equal(given[k], r0[k]) for k in given if r0[k].std() > 0)  # norms start at 1 in both
+    assert load_tokenizer(tmp_path / "r0").get_vocab() == load_tokenizer(tmp_path / "seed").get_vocab()
+    assert json.loads((tmp_path / "r0" / "shardmix.json").read_text())["source"]["random_like"] == str(tmp_path / "seed")
 
 
 @pytest.mark.parametrize("absent", ["gguf", "accelerate"])

@@ -24,7 +24,7 @@ from tests.conftest import REPO, dvc, run_module, write_jsonl, write_params
 
 pytestmark = pytest.mark.slow
 
-RECIPES = ("own-corpus", "own-model", "proxy-only")
+RECIPES = ("own-corpus", "own-model", "proxy-only", "gpu")
 # maps whose keys are names the user chooses: a fragment's version replaces the section whole
 NAMED_ENTRIES = {("shards",), ("validation", "mixtures"), ("mixtures", "explicit")}
 PROXIES = {"merged", "mean_shard_ppl", "best_shard", "ensemble"}
@@ -202,3 +202,25 @@ def test_proxy_only(project: Path, tiny_params):
     assert set(ranking["per_domain"]) == set(proxy["seed"]["eval"])
     assert "ranked by the merged proxy" in (project / "reports/summary.md").read_text()
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
+
+
+def test_gpu(project: Path, tiny_params, corpus_rows):
+    """The GPU recipe: the SmolLM2 seed folder from the convert helper, then dvc repro with its params.
+    Without a GPU (here) the run stops at the check stage, naming the key and the fix, before any
+    other stage (tests/test_locks.py: so before DVC removes an output); with one,
+    scripts/gpu_check.sh runs the same settings at a small size."""
+    import torch
+
+    fragment, commands = recipe("gpu")
+    assert commands[0][:4] == ["python", "-m", "pipeline.convert", "smollm2"] and commands[1:] == [["dvc", "repro"]]
+    params = merged(tiny_params, fragment)
+    assert (params["device"], params["precision"], params["base"]["init"]) == ("cuda", "bf16-mixed", "pretrained")
+    assert params["base"]["pretrained_path"] == commands[0][commands[0].index("--out") + 1]
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: scripts/gpu_check.sh runs these settings (this test checks the CPU-only refusal)")
+    tiny_hf_model(project / params["base"]["pretrained_path"], [r["text"] for r in corpus_rows])
+    write_params(project / "params.yaml", params)
+    proc = dvc(project, "repro", check=False)
+    assert proc.returncode != 0 and "device: 'cuda' but this torch" in proc.stdout + proc.stderr
+    assert "set device: cpu" in proc.stdout + proc.stderr
+    assert stages_run([proc]) == ["check"] and not (project / "data").exists()

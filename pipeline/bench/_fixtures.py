@@ -6,6 +6,8 @@
 - :func:`ensure_shards`: K "shard" checkpoints, the seed plus seeded Gaussian noise (realistic in
   size and layout, not trained).
 - :func:`ensure_eval_tokens`: one token file of real text (stdlib source) or random ids.
+- :func:`stdlib_corpus_rows`: a three-domain corpus of real text from the Python installation (the
+  tests' corpus, and the GPU check's at toy sizes).
 
 Every model folder is written under a temporary name and renamed when complete; a token file's
 metadata (``.json``) is written last, and only a file set that has it is reused.
@@ -15,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
+import inspect
 import json
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from pipeline.lib.hfseed import gguf_to_hf, smollm2_gguf
@@ -123,3 +128,46 @@ def warm(paths: list[Path]) -> None:
         with open(p, "rb") as f:
             while f.read(64 << 20):
                 pass
+
+
+CODE_MODULES = ["json.decoder", "json.encoder", "csv", "textwrap", "string", "fractions", "heapq", "bisect",
+                "shlex", "glob", "fnmatch", "colorsys", "calendar", "statistics", "difflib", "pprint", "ipaddress",
+                "tokenize", "argparse", "configparser", "dataclasses", "enum", "functools", "gettext", "locale",
+                "logging", "optparse", "pathlib", "pickle", "random", "smtplib", "tarfile", "zipfile"]
+
+
+def _docstrings(modname: str) -> list[str]:
+    mod = importlib.import_module(modname)
+    out = [inspect.getdoc(mod) or ""]
+    for _, obj in inspect.getmembers(mod):
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and getattr(obj, "__module__", None) == modname:
+            out.append(inspect.getdoc(obj) or "")
+    return [d for d in out if len(d) > 200]
+
+
+def _licences() -> list[tuple[str, str]]:
+    seen, out = set(), []
+    for p in sorted(Path(sys.prefix).glob("lib/python3*/site-packages/*.dist-info/LICEN[CS]E*")) + sorted(Path(sys.base_prefix).glob("lib/python3*/LICENSE.txt")):
+        if p.is_file():
+            text = p.read_text(errors="replace")
+            if len(text) > 300 and text not in seen:
+                seen.add(text)
+                out.append((p.parent.name.split("-")[0] + "/" + p.name, text))
+    return out
+
+
+def stdlib_corpus_rows(max_per_domain: int = 60) -> list[dict]:
+    """Real text on any Python machine, no network: ``code`` (stdlib modules' source), ``prose`` (their
+    docstrings) and ``legal`` (licence texts of the installed packages and of Python), as corpus rows."""
+    rows = []
+    for m in CODE_MODULES[:max_per_domain]:
+        rows.append({"id": f"code/{m}", "domain": "code", "text": inspect.getsource(importlib.import_module(m))[:20000]})
+    n = 0
+    for m in CODE_MODULES:
+        for i, d in enumerate(_docstrings(m)):
+            if n < max_per_domain * 2:
+                rows.append({"id": f"prose/{m}/{i}", "domain": "prose", "text": d})
+                n += 1
+    for name, text in _licences()[:max_per_domain]:
+        rows.append({"id": f"legal/{name}", "domain": "legal", "text": text[:20000]})
+    return rows

@@ -1,8 +1,10 @@
 """One method of the proxy benchmark, run in a fresh interpreter so that its peak RSS is its own.
 
 ``python -m pipeline.bench._proxy_worker METHOD SPEC_JSON`` prints one JSON object: seconds per
-mixture (merge and evaluation apart), perplexities and peak RSS. :mod:`pipeline.bench.proxy`
-starts it once per method (``run_worker``); the methods are described there.
+mixture (merge and evaluation apart), perplexities, peak RSS and, on a GPU, peak device memory.
+:mod:`pipeline.bench.proxy` starts it once per method (``run_worker``); the methods are described
+there. ``spec["device"]`` (default cpu) is where models live; on a GPU the timings wait for the
+device, and ``ours`` keeps the shards resident in device memory when they fit, as the proxy stage does.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ def _status_mb(key: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _place(spec: dict):
+    import torch
+
+    from pipeline.lib.device import Placement
+
+    return Placement(torch.device(spec.get("device", "cpu")))
+
+
 def _eval_set(spec: dict):
     from pipeline.lib.scoring import EvalSet
     from pipeline.lib.tokens import TokenFile
@@ -33,11 +43,11 @@ def _eval_set(spec: dict):
     return EvalSet("bench", TokenFile.open(spec["tokens"]), spec["seq_len"])
 
 
-def _full_logits_nll(model, eset, batch: int) -> tuple[float, int]:
+def _full_logits_nll(model, eset, batch: int, device) -> tuple[float, int]:
     """Sum of NLL and token count via ``model(input_ids, labels=...)`` on the eval set's windows."""
     import torch
 
-    windows = torch.cat([eset.inputs, eset.targets[:, -1:]], dim=1)  # L + 1 tokens: predicts the same L targets
+    windows = torch.cat([eset.inputs, eset.targets[:, -1:]], dim=1).to(device)  # L + 1 tokens: predicts the same L targets
     total, count = 0.0, 0
     with torch.no_grad():
         for b in range(0, len(windows), batch):
@@ -67,8 +77,11 @@ def worker(method: str, spec: dict) -> dict:
         raise ValueError(f"unknown method {method!r}")
     times, merge_s, eval_s, ppl = zip(*rows)
     med = statistics.median
-    return {"method": method, "s_per_mixture": med(times), "merge_s": med(merge_s), "eval_s": med(eval_s),
-            "all_s": list(times), "ppl": list(ppl), "peak_rss_mb": _status_mb("VmHWM"), "baseline_rss_mb": baseline}
+    out = {"method": method, "s_per_mixture": med(times), "merge_s": med(merge_s), "eval_s": med(eval_s),
+           "all_s": list(times), "ppl": list(ppl), "peak_rss_mb": _status_mb("VmHWM"), "baseline_rss_mb": baseline}
+    if torch.cuda.is_available() and spec.get("device", "cpu") != "cpu":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
 
 
 def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, float]]:
@@ -77,10 +90,14 @@ def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, 
     from pipeline.lib.models import load_model
     from pipeline.lib.pool import ShardPool
     from pipeline.lib.scoring import evaluate
+    from pipeline.lib.sweep import shards_fit
 
+    place = _place(spec)
     seed, shards = Path(spec["seed"]), [Path(s) for s in spec["shards"]]
-    model = load_model(seed)
+    model = load_model(seed).to(place.device)
     pool = ShardPool({p.name: p for p in shards}, seed=seed)
+    if method == "ours" and shards_fit(pool, place.device):
+        pool.load_to(place.device)
     rows = []
     for w in spec["mixtures"]:
         t0 = time.perf_counter()
@@ -88,8 +105,9 @@ def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, 
             merge_into(model, w, pool)
         elif method == "safe_open":
             _merge_safe_open(model, w, shards)
+        place.sync()
         t1 = time.perf_counter()
-        r = evaluate(model, [eset], spec["batch"])["bench"]
+        r = evaluate(model, [eset], spec["batch"], place=place)["bench"]
         t2 = time.perf_counter()
         rows.append((t2 - t0, t1 - t0, t2 - t1, r["ppl"]))
     return rows
@@ -104,27 +122,29 @@ def _fresh_model(method: str, spec: dict, eset) -> list[tuple[float, float, floa
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    place = _place(spec)
     seed, shards = Path(spec["seed"]), [Path(s) for s in spec["shards"]]
     config = AutoConfig.from_pretrained(seed)
     rows = []
     for i, w in enumerate(spec["mixtures"]):
         t0 = time.perf_counter()
         if method == "naive":
-            sds = [load_file(p / "model.safetensors") for p in shards]
+            sds = [load_file(p / "model.safetensors", device=str(place.device)) for p in shards]
             avg = {n: sum(wk * sd[n] for wk, sd in zip(w, sds)) for n in sds[0]}
             del sds
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(place.device)
             model.load_state_dict(avg, strict=False)
             model.tie_weights()
             del avg
         else:
             out = Path(spec["scratch"]) / f"mergekit-{i}"
-            _mergekit_linear(shards, w, out, cli=method == "mergekit_cli")
-            model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+            _mergekit_linear(shards, w, out, cli=method == "mergekit_cli", cuda=place.device.type == "cuda")
+            model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).to(place.device)
             shutil.rmtree(out, ignore_errors=True)
         model.eval()
+        place.sync()
         t1 = time.perf_counter()
-        total, count = _full_logits_nll(model, eset, spec["batch"])
+        total, count = _full_logits_nll(model, eset, spec["batch"], place.device)
         t2 = time.perf_counter()
         del model
         rows.append((t2 - t0, t1 - t0, t2 - t1, math.exp(total / count)))
@@ -132,13 +152,15 @@ def _fresh_model(method: str, spec: dict, eset) -> list[tuple[float, float, floa
 
 
 def _merge_safe_open(model, weights: list[float], shards: list[Path]) -> None:
-    """Ours with safetensors' own reader: each tensor copied out of each file, then the fused sum."""
+    """Ours with safetensors' own reader: each tensor copied out of each file (onto the model's
+    device), then the fused sum."""
     import torch
     from safetensors import safe_open
 
     from pipeline.kernels import weighted_sum
 
-    handles = [safe_open(str(p / "model.safetensors"), framework="pt") for p in shards]
+    device = str(next(model.parameters()).device)
+    handles = [safe_open(str(p / "model.safetensors"), framework="pt", device=device) for p in shards]
     stored = set(handles[0].keys())
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -146,7 +168,7 @@ def _merge_safe_open(model, weights: list[float], shards: list[Path]) -> None:
                 weighted_sum([h.get_tensor(name) for h in handles], weights, p.data)
 
 
-def _mergekit_linear(shards: list[Path], weights: list[float], out: Path, cli: bool = False) -> None:
+def _mergekit_linear(shards: list[Path], weights: list[float], out: Path, cli: bool = False, cuda: bool = False) -> None:
     """mergekit's linear merge of ``shards`` written to ``out``: in-process (``run_merge``) or, as
     its documentation runs it, with the ``mergekit-yaml`` command (a fresh process per merge)."""
     config = {"merge_method": "linear", "dtype": "float32", "parameters": {"normalize": True},
@@ -158,14 +180,14 @@ def _mergekit_linear(shards: list[Path], weights: list[float], out: Path, cli: b
         cfg_file = out.with_suffix(".yml")
         cfg_file.write_text(yaml.safe_dump(config))
         exe = Path(sys.executable).with_name("mergekit-yaml")
-        subprocess.run([str(exe), str(cfg_file), str(out), "--no-copy-tokenizer", "--no-write-model-card", "--quiet"],
-                       check=True, capture_output=True)
+        subprocess.run([str(exe), str(cfg_file), str(out), "--no-copy-tokenizer", "--no-write-model-card", "--quiet",
+                        *(["--cuda"] if cuda else [])], check=True, capture_output=True)
         return
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
     run_merge(MergeConfiguration.model_validate(config), str(out),
-              MergeOptions(copy_tokenizer=False, quiet=True, write_model_card=False))
+              MergeOptions(copy_tokenizer=False, quiet=True, write_model_card=False, cuda=cuda))
 
 
 if __name__ == "__main__":

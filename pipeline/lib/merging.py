@@ -7,7 +7,8 @@ tensor and chunk by chunk, straight from the memory-mapped shard files of a
 weight 0 are never read. A parameter shared by several names (tied input/output embeddings) is
 written once; buffers are never touched, so they stay as the resident (seed) model has them.
 :func:`merge_many_into` does the same for M models and M weight vectors at once, reading each
-shard tensor once.
+shard tensor once. Shard tensors on another device than the models (memory-mapped files for a model
+on the GPU) are copied over chunk by chunk; a pool resident on the models' device is read in place.
 """
 
 from __future__ import annotations
@@ -93,11 +94,11 @@ def merge_many_into(models: Sequence[torch.nn.Module], weights: Sequence[Sequenc
                     o.zero_()
                 continue
             views = [v.view(-1) for v in pool.views(src, ks)]
-            n = outs[0].numel()
+            n, device = outs[0].numel(), outs[0].device
             step = max(1, chunk_bytes // (len(ks) * views[0].element_size()) // CHUNK_ALIGN) * CHUNK_ALIGN
             for a in range(0, n, step):
                 b = min(n, a + step)
-                multi_weighted_sum([v[a:b] for v in views], w, [o[a:b] for o in outs], impl=impl)
+                multi_weighted_sum([v[a:b].to(device) for v in views], w, [o[a:b] for o in outs], impl=impl)
                 pool.release(src, ks, a, b)
             del views
     pool.release_all()

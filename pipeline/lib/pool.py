@@ -19,6 +19,9 @@ returns ``torch.frombuffer`` views at the offsets of the header, without reading
 ``python -m pipeline.bench proxy``). Pages that were read stay in the OS page cache but count in
 this process's resident memory until :meth:`ShardPool.release` drops them (``madvise``), which
 keeps the peak at one model plus the chunk being merged, whatever K is.
+
+On a GPU with room for them, :meth:`ShardPool.load_to` copies every shard's tensors into device
+memory once; views are then those device tensors, and a merge reads device memory, not the files.
 """
 
 from __future__ import annotations
@@ -186,6 +189,7 @@ class ShardPool:
         self.seed = Checkpoint(seed, "rerun the stage that makes it (dvc repro base)") if seed is not None else None
         self.checkpoints = [Checkpoint(path, fix.format(shard=name)) for name, path in shards.items()]
         self._validate()
+        self._resident: dict[tuple[int, str], torch.Tensor] = {}
 
     @property
     def reference(self) -> Checkpoint:
@@ -228,8 +232,30 @@ class ShardPool:
         ck = self.reference if k is None else self.checkpoints[k]
         return ck.tensors[name]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the K shards' tensors (what :meth:`load_to` puts on a device)."""
+        return sum(info.end - info.start for ck in self.checkpoints for info in ck.tensors.values())
+
+    def load_to(self, device: torch.device | str) -> None:
+        """Copy every shard tensor to ``device`` once; views are then those copies (never write to them)."""
+        for k, ck in enumerate(self.checkpoints):
+            for name, info in ck.tensors.items():
+                t = _view(ck, info)
+                self._resident[k, name] = t.to(device, copy=True)  # a copy on the CPU too: the mapping is closed below
+            ck.close()  # the copies hold the data now; a later view of the file maps it again
+
+    @property
+    def device(self) -> str:
+        """Where views live: ``cpu`` (the memory-mapped files) or the device of :meth:`load_to`."""
+        return str(next(iter(self._resident.values())).device) if self._resident else "cpu"
+
     def view(self, k: int, name: str) -> torch.Tensor:
-        """Shard ``k``'s tensor ``name``: a zero-copy tensor over the file's mapping (never write to it)."""
+        """Shard ``k``'s tensor ``name``: a zero-copy tensor over the file's mapping, or its copy on the
+        device of :meth:`load_to` (never write to it)."""
+        resident = self._resident.get((k, name))
+        if resident is not None:
+            return resident
         return _view(self.checkpoints[k], self.checkpoints[k].tensors[name])
 
     def views(self, name: str, ks: list[int] | None = None) -> list[torch.Tensor]:
@@ -247,6 +273,8 @@ class ShardPool:
         process's resident memory. Views stay valid: a later read faults the pages back in from the
         page cache. ``ks=[-1]`` means the seed."""
         for k in range(len(self.checkpoints)) if ks is None else ks:
+            if (k, name) in self._resident:
+                continue
             ck = self.seed if k == -1 else self.checkpoints[k]
             info = ck.tensors[name]
             item = _itemsize(info.dtype)
@@ -261,6 +289,7 @@ class ShardPool:
                 _drop(m, 0, len(m))
 
     def close(self) -> None:
+        self._resident.clear()
         for ck in [*self.checkpoints, *([self.seed] if self.seed else [])]:
             ck.close()
 

@@ -10,6 +10,10 @@ sums are fp64.
 
 Token perplexity = exp(total nats / predicted tokens); bits-per-byte = total nats / (ln 2 x UTF-8
 bytes of the text of the predicted tokens), comparable across tokenizers.
+
+Batches go to the device the model is on; under ``bf16-mixed`` (a
+:class:`~pipeline.lib.device.Placement`) the backbone runs under autocast and the cross-entropy
+still takes fp32 math with fp64 sums.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.kernels import linear_cross_entropy
+from pipeline.lib.device import CPU, Placement
 from pipeline.lib.runtime import progress
 from pipeline.lib.tokens import IGNORE, TokenFile, eval_windows
 
@@ -56,22 +61,27 @@ def streaming_supported(model) -> bool:
 
 @torch.no_grad()
 def nll_batch(model, inputs: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor | None = None,
-              impl: str = "auto") -> tuple[float, torch.Tensor]:
-    """fp64 sum of NLL and the per-token NLL (float32, predicted positions only, in order) of one batch.
+              impl: str = "auto", place: Placement = CPU) -> tuple[float, torch.Tensor]:
+    """fp64 sum of NLL and the per-token NLL (float32, predicted positions only, in order, on the
+    model's device) of one batch.
 
     ``positions`` that restart inside a window make the model attend within each document only
     (transformers reads restarting ``position_ids`` as packed sequences and masks across them).
     """
+    inputs, targets = place.put(inputs), place.put(targets)
+    positions = None if positions is None else place.put(positions)
     flat_targets = targets.reshape(-1)
     mask = flat_targets != IGNORE
     kw = {"input_ids": inputs, "use_cache": False}
     if positions is not None:
         kw["position_ids"] = positions
     if impl == "logits" or not streaming_supported(model):
-        logits = model(**kw).logits.float()
+        with place.autocast():
+            logits = model(**kw).logits.float()
         nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), flat_targets, ignore_index=IGNORE, reduction="none")
         return float(nll[mask].double().sum()), nll[mask]
-    hidden = model.base_model(**kw).last_hidden_state
+    with place.autocast():
+        hidden = model.base_model(**kw).last_hidden_state
     head = model.get_output_embeddings()
     res = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), head.weight, flat_targets, head.bias, ignore_index=IGNORE, impl=impl)
     return res.total, res.nll[mask]
@@ -79,8 +89,8 @@ def nll_batch(model, inputs: torch.Tensor, targets: torch.Tensor, positions: tor
 
 @torch.no_grad()
 def evaluate(model, eval_sets: list[EvalSet], batch_size: int, impl: str = "auto", desc: str | None = None,
-             per_token: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
-    """Perplexity and bits-per-byte of ``model`` on each eval set.
+             per_token: dict[str, np.ndarray] | None = None, place: Placement = CPU) -> dict[str, dict]:
+    """Perplexity and bits-per-byte of ``model`` (already on ``place.device``) on each eval set.
 
     When ``per_token`` is a dict, it receives each domain's per-token NLL (float32, in token
     order): what an output-space ensemble of models needs, since it only mixes the probabilities
@@ -94,7 +104,7 @@ def evaluate(model, eval_sets: list[EvalSet], batch_size: int, impl: str = "auto
         nats, parts = 0.0, []
         for b in range(0, len(e.inputs), batch_size):
             sl = slice(b, b + batch_size)
-            s, nll = nll_batch(model, e.inputs[sl], e.targets[sl], e.positions[sl], impl)
+            s, nll = nll_batch(model, e.inputs[sl], e.targets[sl], e.positions[sl], impl, place)
             nats += s
             parts.append(nll)
             if bar is not None:
@@ -102,7 +112,7 @@ def evaluate(model, eval_sets: list[EvalSet], batch_size: int, impl: str = "auto
         count = sum(p.numel() for p in parts)
         assert count == e.predicted, (count, e.predicted)
         if per_token is not None:
-            per_token[e.domain] = torch.cat(parts).numpy().astype(np.float32)
+            per_token[e.domain] = torch.cat(parts).cpu().numpy().astype(np.float32)
         out[e.domain] = {
             "ppl": math.exp(nats / count),
             "bpb": nats / (math.log(2) * e.bytes),

@@ -2,16 +2,17 @@
 
 The recipe is the paper's: AdamW (``betas``, ``eps``, gradient clipping and the schedule all from
 params), a token budget, a seeded data order (:func:`pipeline.lib.tokens.mixture_schedule`).
-DVCLive logs loss and learning rate by step. Everything written into an output is fixed by the
+DVCLive (:mod:`pipeline.lib.curves`) logs loss and learning rate by step. Everything written into an output is fixed by the
 inputs (the same model, data and seed give the same bytes on one machine); throughput and wall
-time are returned apart, for the run record (:class:`pipeline.lib.outputs.RunRecord`).
+time are returned apart, for the run record (:class:`pipeline.lib.outputs.RunRecord`). The model
+trains where its :class:`~pipeline.lib.device.Placement` says, in its precision (fp32 on the CPU
+by default: the same operations, in the same order, as before that setting existed).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.lib.curves import curves
+from pipeline.lib.device import CPU, Placement
 from pipeline.lib.models import count_params, load_model, load_tokenizer, save_model
 from pipeline.lib.outputs import atomic_dir, made_by
 from pipeline.lib.runtime import StageError, progress, seed_everything
@@ -49,42 +52,43 @@ def lm_loss(model, x: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), x[:, 1:].reshape(-1))
 
 
-def check_git_has_commit() -> None:
-    """DVCLive fails on a git repository without commits; say how to fix it before training."""
-    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], capture_output=True, text=True)
-    if inside.returncode == 0 and subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True).returncode != 0:
-        raise StageError("this git repository has no commit yet, and DVCLive needs one to log training curves: "
-                         "commit once (git add -A && git commit -m init), then rerun")
+def optimizer(model, ocfg: OptimConfig, place: Placement) -> torch.optim.AdamW:
+    """AdamW over ``model``'s (fp32) parameters as the recipe says; fused into one kernel per step on a GPU
+    (the CPU keeps torch's default implementation, so CPU runs stay what they were)."""
+    fused = {"fused": True} if place.device.type == "cuda" else {}
+    return torch.optim.AdamW(model.parameters(), lr=ocfg.lr, betas=(ocfg.adam_beta1, ocfg.adam_beta2), eps=ocfg.adam_eps,
+                             weight_decay=ocfg.weight_decay, **fused)
 
 
 def train_model(model, slices: list[Slice], weights: list[float], ocfg: OptimConfig, seed: int, live_dir: Path,
-                desc: str) -> tuple[dict, dict]:
-    """Train ``model`` in place on ``slices`` mixed by ``weights``; log curves with DVCLive into ``live_dir``.
+                desc: str, place: Placement = CPU) -> tuple[dict, dict]:
+    """Train ``model`` in place on ``slices`` mixed by ``weights``; log curves into ``live_dir`` (DVCLive's files).
+
+    The model is moved to ``place.device`` (and stays there) and its forward passes run under
+    ``place.autocast()``; weights and AdamW state stay fp32.
 
     Returns ``(summary, speed)``: what the run did (steps, tokens, final loss, data; fixed by the
     inputs) and how fast (seconds, tokens/s; for the run record only).
     """
-    from dvclive import Live
-
-    check_git_has_commit()
     seed_everything(seed)
     per_step = ocfg.batch_size * ocfg.seq_len
     steps = math.ceil(ocfg.tokens / per_step)
     schedule, info = mixture_schedule(slices, weights, steps * ocfg.batch_size, ocfg.seq_len, seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=ocfg.lr, betas=(ocfg.adam_beta1, ocfg.adam_beta2), eps=ocfg.adam_eps, weight_decay=ocfg.weight_decay)
+    opt = optimizer(model.to(place.device), ocfg, place)
     model.train()
     t0 = time.perf_counter()
     tokens_seen, losses = 0, []
     window_loss, window_tokens = 0.0, 0
-    with Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    with curves(live_dir) as live:
         live.log_params({"tokens": ocfg.tokens, "lr": ocfg.lr, "steps": steps, "batch_size": ocfg.batch_size, "seq_len": ocfg.seq_len})
         bar = progress(total=steps, desc=desc, unit="step")
         for step, batch in enumerate(batches(slices, schedule, ocfg.seq_len, ocfg.batch_size)):
             lr = lr_at(step, steps, ocfg)
             for g in opt.param_groups:
                 g["lr"] = lr
-            x = torch.from_numpy(batch)
-            loss = lm_loss(model, x)
+            x = place.put(torch.from_numpy(batch))
+            with place.autocast():
+                loss = lm_loss(model, x)
             if not torch.isfinite(loss):
                 raise StageError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate (lr={ocfg.lr})")
             opt.zero_grad(set_to_none=True)
@@ -116,7 +120,8 @@ def train_model(model, slices: list[Slice], weights: list[float], ocfg: OptimCon
 
 
 def continue_pretraining(seed: int, recipe: OptimConfig, name: str, specs: dict[str, ShardSpec], weights: list[float] | None,
-                         out: Path, live_out: Path, base: Path, tokens_dir: Path, stage: str = "train") -> dict:
+                         out: Path, live_out: Path, base: Path, tokens_dir: Path, stage: str = "train",
+                         place: Placement = CPU) -> dict:
     """Train the seed model on the shards ``specs`` (in order; weights token-proportional when None)
     for len(specs) x ``recipe.tokens`` tokens and save it; return its speed.
 
@@ -131,8 +136,8 @@ def continue_pretraining(seed: int, recipe: OptimConfig, name: str, specs: dict[
     model = load_model(base)
     data_seed = seed + sum(map(ord, name))  # each model its own, reproducible data order
     with atomic_dir(live_out) as live_tmp:
-        stats, speed = train_model(model, slices, weights, ocfg, data_seed, live_tmp, desc=f"train {name}")
+        stats, speed = train_model(model, slices, weights, ocfg, data_seed, live_tmp, desc=f"train {name}", place=place)
         meta = made_by(stage, name=name, seed=seed, data_seed=data_seed, shards=shards, weights=[w / sum(weights) for w in weights],
-                       seed_model=str(base), recipe=ocfg.model_dump(), params=count_params(model), **stats)
-        save_model(model, out, load_tokenizer(base), meta)
+                       seed_model=str(base), recipe=ocfg.model_dump(), params=count_params(model), **stats, **place.record(saved=True))
+        save_model(place.for_saving(model), out, load_tokenizer(base), meta)
     return speed

@@ -11,6 +11,7 @@ from pydantic import ConfigDict
 
 from pipeline.params.core import DEFAULT_PARAMS, StageParams, Threads, load
 from pipeline.params.data import PrepareConfig, TokenizeConfig
+from pipeline.params.device import DeviceName, Precision, SaveDtype
 from pipeline.params.evaluation import EvalConfig
 from pipeline.params.mixtures import MixturesConfig, ValidationConfig
 from pipeline.params.model import BaseConfig, ModelConfig, OptimConfig
@@ -23,6 +24,9 @@ class Config(StageParams):
 
     seed: int = 0
     threads: Threads = 0
+    device: DeviceName = "cpu"
+    precision: Precision = "fp32"
+    save_dtype: SaveDtype = "float32"
     prepare: PrepareConfig
     tokenize: TokenizeConfig = TokenizeConfig()
     model: ModelConfig = ModelConfig()

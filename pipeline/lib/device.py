@@ -1,0 +1,124 @@
+"""Where a stage's models run and in what precision: params ``device``, ``precision``, ``save_dtype`` made real.
+
+:func:`placement` resolves the params on this machine (a :class:`~pipeline.lib.runtime.StageError`
+naming the key and the fix when the machine lacks the device), sets torch's threads, and returns a
+:class:`Placement`, which the training, scoring and merging libraries take:
+
+- ``fp32`` (the default) runs every operation as before the setting existed: on the CPU the same
+  operations in the same order, so outputs are bit-identical to a run without it.
+- ``bf16-mixed`` runs the forward pass under ``torch.autocast(dtype=bfloat16)``: matrix products in
+  bfloat16, weights, gradients and AdamW state in fp32 (no loss scaling is needed for bfloat16);
+  on CUDA it also turns TF32 on for the fp32 matrix products that remain. Allowed on the CPU too
+  (for tests and checks; CPUs without native bfloat16 run it several times slower than fp32).
+- ``save_dtype`` casts a model for saving only (:meth:`Placement.for_saving`): training never
+  sees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.lib.runtime import StageError, configure_threads
+
+log = logging.getLogger(__name__)
+
+FIX = "set device: cpu, or auto (the GPU where torch sees one, else the CPU)"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A resolved ``device``, the ``precision`` models run in, and the dtype checkpoints are saved in."""
+
+    device: torch.device
+    precision: str = "fp32"
+    save_dtype: str = "float32"
+
+    @property
+    def mixed(self) -> bool:
+        return self.precision == "bf16-mixed"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context forward passes run in: bf16 autocast for ``bf16-mixed``, nothing for ``fp32``."""
+        if self.mixed:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def put(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` on this device (the tensor itself when it is there already)."""
+        return t if t.device == self.device else t.to(self.device, non_blocking=True)
+
+    def sync(self) -> None:
+        """Wait for the device's queued work (GPU work is asynchronous; time it only after this)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def for_saving(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` cast to ``save_dtype`` (in place; the model is not trained further after this)."""
+        return model.to(getattr(torch, self.save_dtype))
+
+    def facts(self) -> dict[str, str]:
+        """Where and how a run computed, for its run record (always, the default too)."""
+        out = {"device": str(self.device), "precision": self.precision}
+        if self.device.type == "cuda":
+            out["gpu"] = torch.cuda.get_device_name(self.device)
+        return out
+
+    def record(self, saved: bool = False) -> dict[str, str]:
+        """What an output's provenance says of where and how it was computed (``saved``: a checkpoint,
+        so also its dtype). Empty for the default, cpu and fp32 (and float32 weights): outputs of the
+        default run stay byte for byte what they were before these settings existed."""
+        out: dict[str, str] = {}
+        if self.device.type != "cpu" or self.mixed:
+            out |= self.facts()
+        if saved and self.save_dtype != "float32":
+            out["save_dtype"] = self.save_dtype
+        return out
+
+
+CPU = Placement(torch.device("cpu"))
+
+
+def resolve_device(name: str, params: str | Path = "params.yaml") -> torch.device:
+    """params ``device`` on this machine: ``auto`` -> cuda when torch sees a GPU, else cpu.
+
+    Raises StageError naming ``params``, the key and the fix for ``cuda`` on a machine without
+    CUDA and for an index past the last GPU.
+    """
+    if name == "auto":
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not name.startswith("cuda"):
+        raise StageError(f"{params}: device: {name!r} is not a device; write auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        why = (f"this torch ({torch.__version__}) is a CPU build" if torch.version.cuda is None
+               else "torch sees no CUDA device (no GPU, no driver, or CUDA_VISIBLE_DEVICES hides them)")
+        raise StageError(f"{params}: device: {name!r} but {why}; {FIX}")
+    count = torch.cuda.device_count()
+    index = int(name.split(":", 1)[1]) if ":" in name else torch.cuda.current_device()
+    if index >= count:
+        raise StageError(f"{params}: device: {name!r} but this machine has {count} CUDA device{'s' if count > 1 else ''} "
+                         f"(cuda:0 to cuda:{count - 1}); set device: cuda:{count - 1} or lower, or cuda")
+    return torch.device("cuda", index)
+
+
+def placement(threads: int, device: str = "cpu", precision: str = "fp32", save_dtype: str = "float32",
+              params: str | Path = "params.yaml") -> Placement:
+    """Set torch's threads and resolve the device for a stage; see the module docstring."""
+    configure_threads(threads)
+    dev = resolve_device(device, params)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        tf32 = precision == "bf16-mixed"  # fp32 stays strict fp32 on the GPU too
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    elif precision == "bf16-mixed":
+        log.warning("precision bf16-mixed on the CPU: correct, but CPUs without native bfloat16 run it slower than fp32")
+    p = Placement(dev, precision, save_dtype)
+    log.info("models run on %s in %s%s", dev, precision, f" ({p.record()['gpu']})" if dev.type == "cuda" else "")
+    return p

@@ -1,0 +1,59 @@
+"""Training curves without DVC: PlainCurves writes the files DVCLive writes, for the same calls."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from pipeline.lib.curves import PlainCurves
+
+
+def log_a_run(live) -> None:
+    with live:
+        live.log_params({"tokens": 4096, "lr": 0.001, "steps": 3})
+        for step in range(3):
+            live.log_metric("loss", 5.0 / (step + 1))
+            live.log_metric("lr", 0.001)
+            live.next_step()
+        live.summary["final_loss"] = 1.75
+
+
+def test_plain_curves_write_what_dvclive_writes(tmp_path: Path):
+    from dvclive import Live
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    log_a_run(Live(dir=str(tmp_path / "dvclive"), dvcyaml=None, save_dvc_exp=False, report=None))
+    log_a_run(PlainCurves(tmp_path / "plain"))
+    files = {p.relative_to(tmp_path / "dvclive") for p in (tmp_path / "dvclive").rglob("*") if p.is_file()}
+    assert files == {p.relative_to(tmp_path / "plain") for p in (tmp_path / "plain").rglob("*") if p.is_file()}
+    assert files == {Path("metrics.json"), Path("params.yaml"), Path("plots/metrics/loss.tsv"), Path("plots/metrics/lr.tsv")}
+    for f in files:
+        a, b = (tmp_path / "dvclive" / f).read_text(), (tmp_path / "plain" / f).read_text()
+        if f.suffix == ".json":
+            assert json.loads(a) == json.loads(b), f
+        elif f.suffix == ".yaml":
+            assert yaml.safe_load(a) == yaml.safe_load(b), f
+        else:
+            assert a == b, f
+
+
+def test_training_without_dvclive_writes_the_curves_and_needs_no_git(tmp_path: Path, monkeypatch):
+    """On a machine without DVC (a GPU host, a cluster node), a stage's training still logs its curves."""
+    import sys
+
+    from pipeline.lib.device import CPU
+    from tests.test_device import train
+
+    monkeypatch.setitem(sys.modules, "dvclive", None)  # import dvclive -> ImportError
+    monkeypatch.chdir(tmp_path)  # no git repository here
+    from pipeline.lib.curves import curves
+
+    assert isinstance(curves(tmp_path / "x"), PlainCurves)
+    _, summary = train(tmp_path, CPU, "plain")
+    metrics = json.loads((tmp_path / "live-plain" / "metrics.json").read_text())
+    assert metrics["final_loss"] == summary["final_loss"] and metrics["step"] == 7  # 32 steps, a point every 4
+    assert len((tmp_path / "live-plain/plots/metrics/loss.tsv").read_text().splitlines()) == 1 + 8
