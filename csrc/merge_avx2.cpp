@@ -4,6 +4,7 @@
 #if SHARDMIX_X86
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "merge_cpu.h"
@@ -51,6 +52,21 @@ struct V {
   static SM_INLINE void store_f16(uint16_t* p, reg v, bool nt) {
     store_u16(p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nt);
   }
+  // fp64 accumulation for the multi-dot: a register of W floats is two of W/2 doubles.
+  using dreg = __m256d;
+  static SM_INLINE dreg dzero() { return _mm256_setzero_pd(); }
+  static SM_INLINE void to_f64(reg v, double* out) {  // W floats -> W doubles at out (64-byte aligned)
+    _mm256_store_pd(out, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    _mm256_store_pd(out + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+  }
+  static SM_INLINE void fma_f64(const double* g, reg x, dreg& lo, dreg& hi) {  // exact products, fp64 sums
+    lo = _mm256_fmadd_pd(_mm256_load_pd(g), _mm256_cvtps_pd(_mm256_castps256_ps128(x)), lo);
+    hi = _mm256_fmadd_pd(_mm256_load_pd(g + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), hi);
+  }
+  static SM_INLINE double dsum(dreg v) {
+    const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
 };
 
 }  // namespace
@@ -58,6 +74,8 @@ struct V {
 #include "merge_simd.h"
 
 void merge_range_avx2(const MergeArgs& a, int64_t lo, int64_t hi) { merge_range_simd(a, lo, hi); }
+
+void dot_range_avx2(const DotArgs& a, int64_t lo, int64_t hi, double* acc) { dot_range_simd(a, lo, hi, acc); }
 
 void triad_range_avx2(float* a, const float* b, const float* c, float s, int64_t lo, int64_t hi, bool nt) {
   triad_range_simd(a, b, c, s, lo, hi, nt);

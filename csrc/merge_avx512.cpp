@@ -5,6 +5,7 @@
 #if SHARDMIX_X86
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "merge_cpu.h"
@@ -51,6 +52,19 @@ struct V {
   static SM_INLINE void store_f16(uint16_t* p, reg v, bool nt) {
     store_u16(p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nt);
   }
+  // fp64 accumulation for the multi-dot: a register of W floats is two of W/2 doubles.
+  using dreg = __m512d;
+  static SM_INLINE dreg dzero() { return _mm512_setzero_pd(); }
+  static SM_INLINE __m256 upper(reg v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
+  static SM_INLINE void to_f64(reg v, double* out) {  // W floats -> W doubles at out (64-byte aligned)
+    _mm512_store_pd(out, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+    _mm512_store_pd(out + 8, _mm512_cvtps_pd(upper(v)));
+  }
+  static SM_INLINE void fma_f64(const double* g, reg x, dreg& lo, dreg& hi) {  // exact products, fp64 sums
+    lo = _mm512_fmadd_pd(_mm512_load_pd(g), _mm512_cvtps_pd(_mm512_castps512_ps256(x)), lo);
+    hi = _mm512_fmadd_pd(_mm512_load_pd(g + 8), _mm512_cvtps_pd(upper(x)), hi);
+  }
+  static SM_INLINE double dsum(dreg v) { return _mm512_reduce_add_pd(v); }
 };
 
 }  // namespace
@@ -58,6 +72,8 @@ struct V {
 #include "merge_simd.h"
 
 void merge_range_avx512(const MergeArgs& a, int64_t lo, int64_t hi) { merge_range_simd(a, lo, hi); }
+
+void dot_range_avx512(const DotArgs& a, int64_t lo, int64_t hi, double* acc) { dot_range_simd(a, lo, hi, acc); }
 
 void triad_range_avx512(float* a, const float* b, const float* c, float s, int64_t lo, int64_t hi, bool nt) {
   triad_range_simd(a, b, c, s, lo, hi, nt);

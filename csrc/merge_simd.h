@@ -1,4 +1,4 @@
-// Register-blocked merge and triad kernels written once against a vector type `V` (see
+// Register-blocked merge, multi-dot and triad kernels written once against a vector type `V` (see
 // merge_avx512.cpp / merge_avx2.cpp, which define V and include this file under their
 // `#pragma GCC target`). Not a normal header: include it only from those two files.
 //
@@ -81,6 +81,68 @@ SM_INLINE void merge_range_simd(const MergeArgs& a, int64_t lo, int64_t hi) {
     }
   }
   if (i < hi) merge_range_generic(a, i, hi);  // fewer than one tile left
+}
+
+// The multi-dot over [lo, hi): blocks of kDotBlock elements. Each block of g is converted to fp64
+// once into a per-thread buffer (L1/L2), then the inputs stream through the block in groups of up
+// to 4, side by side (one stream at a time leaves most of the memory bandwidth idle: measured 0.55x
+// the triad, against ~0.9x for 4): their fp32 values are converted to fp64 and multiplied exactly
+// by g's, sums fp64 in registers. g is read from memory once and converted once, not K times.
+constexpr int64_t kDotBlock = 4096;
+
+template <int P>
+SM_INLINE void dot_group(const DotArgs& a, int k0, const double* g64, int64_t i, int64_t len, double* acc) {
+  constexpr int W = V::W;
+  typename V::dreg lo[P], hi[P];
+  for (int p = 0; p < P; ++p) lo[p] = hi[p] = V::dzero();
+  for (int64_t j = 0; j < len; j += W) {
+    for (int p = 0; p < P; ++p) {
+      const int k = k0 + p;
+      typename V::reg x;
+      switch (a.in_dtypes[k]) {
+        case kFloat32: {
+          const float* q = static_cast<const float*>(a.inputs[k]) + i + j;
+          prefetch_ahead(q);
+          x = V::load_f32(q);
+          break;
+        }
+        case kBFloat16: {
+          const uint16_t* q = static_cast<const uint16_t*>(a.inputs[k]) + i + j;
+          prefetch_ahead(q);
+          x = V::load_bf16(q);
+          break;
+        }
+        default: {
+          const uint16_t* q = static_cast<const uint16_t*>(a.inputs[k]) + i + j;
+          prefetch_ahead(q);
+          x = V::load_f16(q);
+          break;
+        }
+      }
+      V::fma_f64(g64 + j, x, lo[p], hi[p]);
+    }
+  }
+  for (int p = 0; p < P; ++p) acc[k0 + p] += V::dsum(lo[p]) + V::dsum(hi[p]);
+}
+
+SM_INLINE void dot_range_simd(const DotArgs& a, int64_t lo, int64_t hi, double* acc) {
+  constexpr int64_t W = V::W;
+  alignas(64) static thread_local double g64[kDotBlock];
+  int64_t i = lo;
+  while (hi - i >= W) {
+    const int64_t len = std::min<int64_t>(kDotBlock, (hi - i) / W * W);
+    for (int64_t j = 0; j < len; j += W) V::to_f64(V::load_f32(a.g + i + j), g64 + j);
+    int k0 = 0;
+    for (; k0 + 4 <= a.K; k0 += 4) dot_group<4>(a, k0, g64, i, len, acc);
+    switch (a.K - k0) {
+      case 3: dot_group<3>(a, k0, g64, i, len, acc); break;
+      case 2: dot_group<2>(a, k0, g64, i, len, acc); break;
+      case 1: dot_group<1>(a, k0, g64, i, len, acc); break;
+      default: break;
+    }
+    i += len;
+  }
+  if (i < hi) dot_range_generic(a, i, hi, acc);  // fewer than one vector left
 }
 
 SM_INLINE void triad_range_simd(float* a, const float* b, const float* c, float s, int64_t lo, int64_t hi, bool nt) {

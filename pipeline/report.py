@@ -24,9 +24,11 @@ out-of-mixture shift (how much worse than the seed each model is on the domains 
 does not cover, i.e. how much it forgets).
 
 Without validation mixtures (proxy only) it ranks the candidates by the merged proxy instead.
+Either way it says how non-linear the merge is here: the quadratic surrogate's error on the scored
+mixtures it was not fitted to (:func:`pipeline.lib.surrogate.regime`).
 
 Writes ``metrics/report.json``, ``plots/report_scatter.csv``, ``plots/report_correlation.csv``,
-``reports/summary.md`` and PNG renders in ``reports/``.
+``reports/proxy/summary.md`` and PNG renders beside it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pipeline.params.core import StageParams
 from pipeline.params.mixtures import ValidationConfig
 from pipeline.params.report import ReportConfig
 from pipeline.params.shards import Shards
+from pipeline.lib import surrogate
 from pipeline.lib.outputs import read_json, write_json, write_text_atomic
 from pipeline.lib.runtime import StageError, run_stage, stage_parser
 from pipeline.lib.stats import METRICS, PAIR_KINDS, REPLICATE, analyse, proxies_in
@@ -280,10 +283,11 @@ def ranking_markdown(res: dict) -> str:
 def main(args, cfg: Params) -> None:
     args.reports.mkdir(parents=True, exist_ok=True)
     if not cfg.validation.mixtures:  # proxy only: rank the candidates, nothing to correlate with
-        res = {"mode": "proxy_only", "ranking": ranking(read_json(args.proxy, "proxy metrics"))}
+        proxy = read_json(args.proxy, "proxy metrics")
+        res = {"mode": "proxy_only", "ranking": ranking(proxy), "surrogate": surrogate.regime(proxy)}
         write_csv(args.plots / "report_scatter.csv", ["mixture", "k", "domain", "truth", "merged"], [])
         write_csv(args.plots / "report_correlation.csv", ["proxy", "metric", "value"], [])
-        write_text_atomic(args.reports / "summary.md", ranking_markdown(res["ranking"]))
+        write_text_atomic(args.reports / "summary.md", ranking_markdown(res["ranking"]) + surrogate.regime_markdown(res["surrogate"]))
         write_json(args.out, res)
         log.info("proxy only: %d candidates ranked; best overall %s", res["ranking"]["mixtures"], res["ranking"]["overall"][0]["mixture"])
         return
@@ -295,8 +299,9 @@ def main(args, cfg: Params) -> None:
               [[r["mixture"], r["k"], r["domain"], *(round(r[c], 5) for c in ("truth", *names))] for r in rows])
     write_csv(args.plots / "report_correlation.csv", ["proxy", "metric", "value"],
               [[p, m, round(res["proxies"][p]["mean"][m], 4)] for p in names for m in METRICS])
+    res["surrogate"] = surrogate.regime(read_json(args.proxy, "proxy metrics"))
     render_png(rows, res, args.reports)
-    write_text_atomic(args.reports / "summary.md", summary_markdown(res))
+    write_text_atomic(args.reports / "summary.md", summary_markdown(res) + surrogate.regime_markdown(res["surrogate"]))
     write_json(args.out, res)
     m = res["proxies"]["merged"]["mean"]
     log.info("merged proxy vs truth (mean over %d domains): pearson %.3f spearman %.3f pairwise %.3f",

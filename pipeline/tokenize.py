@@ -27,6 +27,7 @@ import numpy as np
 from pipeline.params.core import StageParams
 from pipeline.params.data import TokenizeConfig
 from pipeline.params.model import BaseConfig
+from pipeline.lib.encode import bytes_per_token
 from pipeline.lib.models import load_tokenizer
 from pipeline.lib.outputs import RunRecord, atomic_dirs, made_by, read_json, write_json
 from pipeline.lib.runtime import StageError, run_stage, stage_parser
@@ -106,24 +107,6 @@ def tokenize_split(files: dict[str, Path], tokenizer, num_proc: int):
 
     cols = next(iter(ds.values())).column_names
     return ds.map(encode, batched=True, batch_size=256, num_proc=num_proc, remove_columns=cols, desc="tokenize")
-
-
-def bytes_per_token(text: str, offsets: list) -> list[int]:
-    """UTF-8 bytes of ``text`` each token adds: from the end of the previous token's span to the end
-    of its own (a token inside a character already counted adds 0); the last token takes the rest.
-    The counts sum to ``len(text.encode())`` exactly, whatever the tokenizer's offsets look like."""
-    if not offsets:
-        return []
-    if text.isascii():
-        edge = np.arange(len(text) + 1)
-    else:
-        cp = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        edge = np.concatenate([[0], np.cumsum(1 + (cp >= 0x80) + (cp >= 0x800) + (cp >= 0x10000))])
-    ends = np.maximum.accumulate(np.clip(np.array([e for _, e in offsets], dtype=np.int64), 0, len(text)))
-    byte_ends = edge[ends]
-    counts = np.diff(np.concatenate([[0], byte_ends]))
-    counts[-1] += edge[-1] - byte_ends[-1]
-    return counts.tolist()
 
 
 def main(args, cfg: Params) -> None:

@@ -11,8 +11,8 @@ may run 600):
 
 1. ``env``: torch and CUDA versions, the device, its memory.                          (seconds)
 2. ``build``: ``python -m pipeline.kernels.build --strict`` (CUDA + C++ kernels).       (~1-2 min)
-3. ``tests``: the CUDA cases of ``tests/test_kernels.py`` (every kernel against the pure-torch
-   reference, aliasing, unaligned, opcheck) and ``tests/test_device.py`` (bf16-mixed against
+3. ``tests``: the CUDA cases of ``tests/test_kernels.py`` and ``tests/test_kernels_dot.py`` (every
+   kernel against the pure-torch reference, aliasing, unaligned, opcheck) and ``tests/test_device.py`` (bf16-mixed against
    fp32, shards resident on the GPU, the proxy sweep on CUDA against the CPU).        (~1 min)
 4. ``merge``: ``python -m pipeline.bench merge --device cuda --json``: GB/s against the
    device's own copy bandwidth, measured in the same run.                             (~20 s)
@@ -76,9 +76,10 @@ def steps(cpu: bool, tiny: bool) -> list[tuple[str, list[str], int]]:
         seed += ["--weights", weights] if weights else ["--like", str(CARRY / "smollm2")]
         proxy += ["--k", "4", "--mixtures", "3", "--windows", "16"]
         pipeline += ["--corpus", str(CARRY / "corpus.jsonl.gz"), "--seed-tokens", "0" if weights else "2000000"]
-    pick = "cuda" if not cpu else "(generic and (shapes or aliases)) or (test_device and cpu and not bit_identical)"
+    pick = "cuda" if not cpu else ("(generic and (shapes or aliases)) or (multi_dot and generic and f32) or "
+                                   "(test_device and cpu and not bit_identical)")
     tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(REPO / "tests/test_kernels.py"),
-             str(REPO / "tests/test_device.py"), "-k", pick]
+             str(REPO / "tests/test_kernels_dot.py"), str(REPO / "tests/test_device.py"), "-k", pick]
     return [("env", [py, "-c", env_code], 60), ("build", [py, "-m", "pipeline.kernels.build", "--strict", "--json"], 300),
             ("tests", tests, 240), ("merge", merge, 120), ("xent", xent, 120), ("seed", seed, 120), ("proxy", proxy, 240),
             ("pipeline", pipeline, 420)]
@@ -136,7 +137,7 @@ def figures(steps_done: dict) -> dict:
             "xent_max_abs_err": xent.get("max_abs_err"), "proxy_s_per_mixture": proxy.get("ours_s_per_mixture"),
             "proxy_speedup_vs_naive": proxy.get("speedup_vs_naive"), "proxy_speedup_vs_mergekit": proxy.get("speedup_vs_mergekit"),
             "train_tokens_per_s_seed": speed.get("base/base"), "train_tokens_per_s_shard": sum(shard) / len(shard) if shard else None,
-            "pipeline_report": pipe.get("report")}
+            "pipeline_report": pipe.get("report"), "pipeline_recommend": pipe.get("recommend")}
 
 
 def main(argv: list[str] | None = None) -> int:

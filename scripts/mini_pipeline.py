@@ -16,7 +16,9 @@ The real run (the GPU check on one H200):
 - 4 shards of ~1M tokens each of real text (email, docs_python, code_python, literature from the
   registry corpus: ``.carry/gpu/corpus.jsonl.gz``), all 6 pairs proxied, 2 of them trained for the
   truth (the issue's size; with 2 points per domain a correlation is +-1, so the summary reports
-  pairwise accuracy and the mean absolute error too), bf16-mixed. About 5 minutes on an H200.
+  pairwise accuracy and the mean absolute error too), and one recommend target (two of the
+  domains, weighted) searched and confirmed with a 200k-token budget; bf16-mixed. About 5 minutes
+  on an H200.
 
 ``--tiny``: the same stages at toy sizes on a corpus of the Python standard library (a random
 2-layer seed with its own BPE tokenizer, 4 shards of which two are halves of one domain): minutes
@@ -85,6 +87,7 @@ def tiny_params(seed: Path, device: str, precision: str) -> dict:
         "mixtures": {"weighting": "tokens", "subsets": [{"k": 2}], "explicit": {}, "shards": None, "eval_tokens": None, "at_once": 1},
         "report": {"bootstrap": 100},
         "validation": {"mixtures": {"code_a+prose": {"shards": ["code_a", "prose"]}, "prose+legal": {"shards": ["prose", "legal"]}}},
+        "recommend": {"targets": {"prose": {"domains": {"prose": 1.0}}}, "max_tokens": 1024, "steps": 4, "restarts": 0},
     }
 
 
@@ -102,6 +105,8 @@ def gpu_params(seed: Path, device: str, precision: str, seed_tokens: int, domain
         "mixtures": {"weighting": "tokens", "subsets": [{"k": 2}], "explicit": {}, "shards": None, "eval_tokens": None, "at_once": 1},
         "report": {"bootstrap": 1000},
         "validation": {"mixtures": {f"{a}+{b}": {"shards": [a, b]} for a, b in ((domains[0], domains[1]), (domains[2], domains[3]))}},
+        "recommend": {"targets": {"mix": {"domains": {domains[0]: 0.5, domains[3]: 0.5}}}, "budget": 200_000, "max_tokens": 8192,
+                      "steps": 10, "restarts": 0},
     }
 
 
@@ -113,7 +118,7 @@ def write_project(workdir: Path, params: dict, corpus: Path | None, tiny: bool) 
     full = yaml.safe_load((REPO / "params.yaml").read_text())
     for key, value in params.items():
         full[key] = {**full[key], **value} if isinstance(value, dict) and isinstance(full.get(key), dict) and key not in (
-            "shards", "validation", "mixtures") else value
+            "shards", "validation", "mixtures") else value  # recommend: merged, its targets replaced
     (workdir / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
     shutil.copy(REPO / "dvc.yaml", workdir / "dvc.yaml")
     with open(workdir / "corpus.jsonl", "w") as f:
@@ -147,7 +152,11 @@ def summarise(workdir: Path, stages: list[dict], seconds: float) -> dict:
     own = {p.stem: json.loads(p.read_text()).get("own_domain", {}).get("ppl_ratio") for p in (workdir / "metrics/eval/shards").glob("*.json")}
     proxies = {name: {"mean": p.get("mean"), "mean_abs_error_nats": p.get("mean_abs_error_nats")}
                for name, p in report.get("proxies", {}).items()}
+    verdicts = {p.stem: json.loads(p.read_text())["verdict"] for p in (workdir / "metrics/recommend").glob("*.json")}
+    recommend = {t: {k: v[k] for k in ("recommended", "margin_over_recommended", "noise", "predicted_gain_over_uniform")}
+                 for t, v in verdicts.items()}
     return {"ok": bool(stages) and all(s["rc"] == 0 for s in stages), "seconds": round(seconds, 1), "stages": stages,
+            "recommend": recommend,
             "train_tokens_per_s": speed, "proxy_cost": runs.get("proxy/proxy", {}).get("cost"),
             "device": runs.get("proxy/proxy", {}).get("device"), "gpu": runs.get("proxy/proxy", {}).get("gpu"),
             "own_domain_ppl_ratio": own, "report": proxies}

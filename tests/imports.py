@@ -15,6 +15,8 @@ CSRC = REPO / "csrc"
 KERNEL_OPS = {
     "merge": ({"weighted_sum", "multi_weighted_sum"}, ["merge_cpu.cpp", "merge_avx2.cpp", "merge_avx512.cpp", "merge_cuda.cu"]),
     "xent": ({"linear_cross_entropy"}, ["xent_cpu.cpp", "xent_cuda.cu"]),
+    # the multi-dot's SIMD bodies live in the merge's per-ISA files
+    "dot": ({"multi_dot"}, ["dot_ops.cpp", "dot_ops_cuda.cpp", "dot_cpu.cpp", "dot_cuda.cu", "merge_avx2.cpp", "merge_avx512.cpp"]),
 }
 KERNEL_COMMON = ["ops.cpp", "ops_cuda.cpp"]
 

@@ -24,7 +24,7 @@ def _nvcc() -> str | None:
 
 
 def test_cu_files_exist():
-    assert {p.name for p in CU_FILES} >= {"merge_cuda.cu", "xent_cuda.cu"}
+    assert {p.name for p in CU_FILES} >= {"merge_cuda.cu", "dot_cuda.cu", "xent_cuda.cu"}
 
 
 @pytest.mark.parametrize("cu", CU_FILES, ids=[p.name for p in CU_FILES])

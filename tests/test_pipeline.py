@@ -30,7 +30,8 @@ def git_status(root: Path) -> str:
 
 
 # declared params a stage reads only in a setting the tiny config does not use
-READ_ONLY_WHEN = {"tokenize": {"base.pretrained_path"}}  # base.init: pretrained (tests/test_recipes.py)
+READ_ONLY_WHEN = {"tokenize": {"base.pretrained_path"},  # base.init: pretrained (tests/test_recipes.py)
+                  "gather": {"prepare.min_chars"}}  # a target of a registry source outside the corpus (tests/test_gather.py)
 
 
 def assert_params_declared_as_read(project: Path, trace: Path) -> None:
@@ -53,13 +54,30 @@ def assert_params_declared_as_read(project: Path, trace: Path) -> None:
         assert not undeclared and not unread, f"dvc.yaml stage {name}: reads undeclared {sorted(undeclared)}, declares unread {sorted(unread)}"
 
 
+def assert_recommend_outputs(project: Path, target: str) -> None:
+    """gather, recommend and confirm for a target: dev and test apart, every method trained and judged."""
+    t = json.loads((project / f"data/targets/{target}/target.json").read_text())
+    assert set(t["domains"]) == {"prose"} and abs(sum(e["weight"] for e in t["domains"].values()) - 1) < 1e-9
+    rec = json.loads((project / f"data/recommend/{target}.json").read_text())
+    assert set(rec["methods"]) == {"uniform", "natural", "best_single", "best_candidate", "mixmin", "surrogate", "recommended"}
+    for m in rec["methods"].values():
+        assert abs(sum(m["weights"].values()) - 1) < 1e-4 and min(m["weights"].values()) >= 0
+    assert rec["methods"]["recommended"]["dev"] <= min(m["dev"] for m in rec["methods"].values()) + 1e-12
+    conf = json.loads((project / f"metrics/recommend/{target}.json").read_text())
+    assert set(conf["methods"]) == set(rec["methods"]) and conf["noise"] >= 0
+    assert set(conf["verdict"]["beats"]) == {"uniform", "natural", "best_single"}
+    assert f"**To do well on {target}, train on:**" in (project / f"reports/recommend/{target}.md").read_text()
+    assert (project / f"plots/recommend/{target}.png").stat().st_size > 0
+
+
 def test_dvc_repro_tiny_end_to_end(project: Path):
     trace = project.parent / "params-read.jsonl"
     out = dvc(project, "repro", env={"SHARDMIX_TRACE_PARAMS": str(trace)}).stdout
     ran = stages_run(out)
     assert_params_declared_as_read(project, trace)
     assert {"prepare", "tokenize", "base", "evaluate_base", "train@code", "train@prose", "train@legal", "proxy",
-            "train_mixture@code+prose", "evaluate_mixture@code+prose+legal", "report"} <= set(ran), out
+            "train_mixture@code+prose", "evaluate_mixture@code+prose+legal", "report", "gather", "recommend@prose",
+            "confirm@prose"} <= set(ran), out
 
     # outputs load: corpus, tokens, models (HF folders, safetensors, tokenizer, provenance)
     manifest = json.loads((project / "data/corpus/manifest.json").read_text())
@@ -99,8 +117,9 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     assert report["mixtures"] == 3 and report["bootstrap"]["resamples"] == 1000
     assert set(report["out_of_mixture_shift"]) == {"truth", "merged", "mean_shard_ppl", "best_shard", "ensemble"}
     for f in ("summary.md", "scatter.png", "correlation.png"):
-        assert (project / "reports" / f).stat().st_size > 0
-    assert "| merged |" in (project / "reports/summary.md").read_text()
+        assert (project / "reports/proxy" / f).stat().st_size > 0
+    assert "| merged |" in (project / "reports/proxy/summary.md").read_text()
+    assert_recommend_outputs(project, "prose")
 
     # nothing is stale after a run
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
@@ -121,7 +140,7 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
             assert ran == [], ran
         else:  # every stage with DVC-cached outputs reruns; those whose outputs are all in git (metrics,
             # plots) and whose inputs came out byte-identical have nothing to redo
-            assert set(stages_run(out)) - set(ran) == {"evaluate_base", "proxy", "report"}, ran
+            assert set(stages_run(out)) - set(ran) == {"evaluate_base", "proxy", "report", "confirm@prose"}, ran
         assert json.loads(dvc(clone, "status", "--json").stdout) == {}
         assert git_status(clone) == "", f"{name}: {git_status(clone)}"
         assert (clone / "runs").is_dir() or shared_cache  # run records exist, untracked
@@ -168,10 +187,11 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     status = dvc(project, "status", "--json").stdout
     stale = set(json.loads(status))
     # the report reads `shards` too (which eval domains a mixture covers); check and plan read the
-    # whole file and `shards`, and write what they wrote before: no truth model is retrained
-    assert stale == {"check", "plan", "train@code-b", "evaluate@code-b", "proxy", "report"}, status
+    # whole file and `shards`, and write what they wrote before: no truth model is retrained. A new
+    # shard is a new choice for every target: recommend and confirm rerun
+    assert stale == {"check", "plan", "train@code-b", "evaluate@code-b", "proxy", "report", "recommend@prose", "confirm@prose"}, status
     ran = stages_run(dvc(project, "repro").stdout)
-    assert sorted(ran) == ["check", "evaluate@code-b", "plan", "proxy", "report", "train@code-b"], ran
+    assert sorted(ran) == ["check", "confirm@prose", "evaluate@code-b", "plan", "proxy", "recommend@prose", "report", "train@code-b"], ran
 
     # the experiment workflow of the README: a changed recipe, then compare
     git(project, "add", "-A")

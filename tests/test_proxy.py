@@ -43,7 +43,8 @@ PROXY_PLOT = {"plots/proxy.csv": {"template": "heatmap", "x": "domain", "y": "mi
 def artefacts(tmp_path_factory) -> Path:
     """models/{base,shards/*} and data/tokens/{train,eval} of a tiny project, made once."""
     from pipeline.lib.tokens import write_token_file
-    from pipeline.tokenize import bytes_per_token, train_tokenizer
+    from pipeline.lib.encode import bytes_per_token
+    from pipeline.tokenize import train_tokenizer
 
     root = tmp_path_factory.mktemp("artefacts")
     texts = {d: inspect.getsource(m) for d, m in DOMAINS.items()}

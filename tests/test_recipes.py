@@ -200,7 +200,7 @@ def test_proxy_only(project: Path, tiny_params):
     assert ranking["mixtures"] == len(proxy["mixtures"]) > 0
     assert ranking["overall"] and {r["mixture"] for r in ranking["overall"]} <= set(proxy["mixtures"])
     assert set(ranking["per_domain"]) == set(proxy["seed"]["eval"])
-    assert "ranked by the merged proxy" in (project / "reports/summary.md").read_text()
+    assert "ranked by the merged proxy" in (project / "reports/proxy/summary.md").read_text()
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
 

@@ -163,7 +163,8 @@ def test_scores_equal_each_document_scored_alone(tmp_path):
 
 @pytest.mark.parametrize("text", ["plain ascii text, with  two spaces\nand a line", "Ünïcödé — “quotes” and 漢字 and 🙂 emoji"])
 def test_bytes_per_token_sum_to_the_text_bytes(text):
-    from pipeline.tokenize import bytes_per_token, train_tokenizer
+    from pipeline.lib.encode import bytes_per_token
+    from pipeline.tokenize import train_tokenizer
 
     tok = train_tokenizer([text * 3, "other words for the merges"], vocab_size=300)
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -1,4 +1,4 @@
-"""Merge bandwidth: fused weighted sum vs a triad loop, torch's in-place chain and naive torch.
+"""Merge bandwidth: fused weighted sum (and its adjoint, the multi-dot) vs a triad loop, torch's in-place chain and naive torch.
 
 ``python -m pipeline.bench merge [--quick] [--json] [--csv PATH] [--device cpu|cuda]``
 
@@ -7,6 +7,8 @@ All variants are timed round-robin in one process with the same threads
 GB/s = (K inputs + 1 output) x bytes / seconds (for the triad: 3 arrays x 4 bytes). The triad
 loop lives in the same C++ extension as the merge (same compiler, ISA and threads); ``triad_gbps``
 is the STREAM-like loop with ordinary stores, ``triad_nt_gbps`` the same with streaming stores.
+``dot_gbps``: the multi-dot ``dots[k] = <g, x_k>`` over the same K inputs, (K + 1) x bytes read
+(the merge gradient's kernel; ``dot_over_triad`` against the plain triad).
 Last line printed: one JSON object (keys listed in issue 3, plus the ratios).
 
 ``--device cuda``: the same variants on the GPU (the CUDA kernel), timed with the device
@@ -31,6 +33,17 @@ from pipeline.kernels import _ext
 log = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _check_dot(xs: list, g: torch.Tensor, impl: str) -> float:
+    """The multi-dot's largest relative error against the reference on the first 1M elements."""
+    n = min(g.numel(), 1 << 20)
+    got = kernels.multi_dot([x[:n] for x in xs], g[:n], impl=impl).cpu()
+    want = kernels.multi_dot([x[:n].cpu() for x in xs], g[:n].cpu(), impl="reference")
+    err = float(((got - want).abs() / want.abs()).max())
+    if err > 1e-9:
+        raise RuntimeError(f"multi_dot differs from the reference by {err:.3g} (relative)")
+    return err
 
 
 def _variants(ops, k: int, numel: int, multi_m: int) -> dict:
@@ -59,8 +72,11 @@ def _variants(ops, k: int, numel: int, multi_m: int) -> dict:
     expect = kernels.weighted_sum(xs, weights, impl="reference")
     if not torch.allclose(out, expect, rtol=1e-5, atol=1e-6):
         raise RuntimeError(f"fused merge differs from the reference by {float((out - expect).abs().max())}")
+    g = torch.rand(numel, generator=gen) - 0.5
+    _check_dot(xs, g, "cpu")
     return {
         "fused": fused,
+        "dot": lambda: kernels.multi_dot(xs, g, impl="cpu"),
         "fused_bf16": lambda: kernels.weighted_sum(xs_bf16, weights, out, impl="cpu"),
         "multi": lambda: kernels.multi_weighted_sum(xs, mix, outs, impl="cpu"),
         "torch_chain": torch_chain,
@@ -87,6 +103,8 @@ def _cuda_variants(k: int, numel: int, multi_m: int) -> dict:
     err = float((out - expect).abs().max())
     if not torch.allclose(out, expect, rtol=1e-5, atol=1e-6):
         raise RuntimeError(f"CUDA fused merge differs from the reference by {err}")
+    g = torch.rand(numel, generator=gen, device=dev) - 0.5
+    _check_dot(xs, g, "cuda")
 
     def torch_chain() -> None:
         torch.mul(xs[0], wl[0], out=out)
@@ -96,6 +114,7 @@ def _cuda_variants(k: int, numel: int, multi_m: int) -> dict:
     return err, {
         "fused": lambda: kernels.weighted_sum(xs, weights, out, impl="cuda"),
         "fused_bf16": lambda: kernels.weighted_sum(xs_bf16, weights, out, impl="cuda"),
+        "dot": lambda: kernels.multi_dot(xs, g, impl="cuda"),
         "multi": lambda: kernels.multi_weighted_sum(xs, mix, outs, impl="cuda"),
         "torch_chain": torch_chain,
         "memcpy": lambda: out.copy_(xs[0]),
@@ -115,12 +134,14 @@ def run_cuda(k: int, numel: int, multi_m: int, reps: int) -> dict:
         "torch_chain_gbps": gbps(fp32_bytes, secs["torch_chain"]),
         "naive_gbps": gbps(fp32_bytes, secs["naive"]),
         "memcpy_gbps": gbps(2 * 4 * numel, secs["memcpy"]),
+        "dot_gbps": gbps(fp32_bytes, secs["dot"]),
         "bf16_fused_gbps": gbps((k * 2 + 4) * numel, secs["fused_bf16"]),
         "multi_M": multi_m, "multi_s_per_mixture": secs["multi"] / multi_m, "single_s_per_mixture": secs["fused"],
         "max_abs_err_vs_reference": err, "reps": reps,
     }
     res["fused_over_memcpy"] = res["fused_gbps"] / res["memcpy_gbps"]
     res["bf16_over_memcpy"] = res["bf16_fused_gbps"] / res["memcpy_gbps"]
+    res["dot_over_memcpy"] = res["dot_gbps"] / res["memcpy_gbps"]
     res["fused_over_torch_chain"] = res["fused_gbps"] / res["torch_chain_gbps"]
     res["fused_over_naive"] = res["fused_gbps"] / res["naive_gbps"]
     res["multi_over_single"] = res["multi_s_per_mixture"] / res["single_s_per_mixture"]
@@ -148,6 +169,7 @@ def run(k: int, numel: int, multi_m: int, reps: int) -> dict:
         "naive_gbps": gbps(fp32_bytes, secs["naive"]),
         "triad_gbps": gbps(3 * 4 * numel, secs["triad"]),
         "triad_nt_gbps": gbps(3 * 4 * numel, secs["triad_nt"]),
+        "dot_gbps": gbps(fp32_bytes, secs["dot"]),
         "bf16_in_dtype": "bfloat16",
         "bf16_out_dtype": "float32",
         "bf16_fused_gbps": gbps((k * 2 + 4) * numel, secs["fused_bf16"]),
@@ -158,6 +180,8 @@ def run(k: int, numel: int, multi_m: int, reps: int) -> dict:
         "loadavg_1m": round(os.getloadavg()[0], 2),  # other work on the machine during the run
     }
     res["fused_over_triad"] = res["fused_gbps"] / res["triad_gbps"]
+    res["dot_over_triad"] = res["dot_gbps"] / res["triad_gbps"]
+    res["dot_over_best_triad"] = res["dot_gbps"] / max(res["triad_gbps"], res["triad_nt_gbps"])
     res["fused_over_torch_chain"] = res["fused_gbps"] / res["torch_chain_gbps"]
     res["fused_over_naive"] = res["fused_gbps"] / res["naive_gbps"]
     res["bf16_over_triad"] = res["bf16_fused_gbps"] / res["triad_gbps"]

@@ -4,6 +4,7 @@ Public API (stable; other modules code against it):
 
 - :func:`weighted_sum` -- ``out = sum_k w[k] * inputs[k]`` in one pass, fp32 accumulation.
 - :func:`multi_weighted_sum` -- ``out_m = sum_k W[m, k] * inputs[k]``, each input read once.
+- :func:`multi_dot` -- ``dots[k] = sum_j g[j] * inputs[k][j]`` (the merge's adjoint), fp64, each input read once.
 - :func:`linear_cross_entropy` -- per-token NLL of ``hidden @ weight.T`` without the [N, V] logits.
 - :func:`available_impls` -- which implementations this process can use.
 
@@ -28,7 +29,7 @@ from torch import Tensor
 
 from . import _ext, reference
 
-__all__ = ["XentResult", "available_impls", "linear_cross_entropy", "multi_weighted_sum", "weighted_sum"]
+__all__ = ["XentResult", "available_impls", "linear_cross_entropy", "multi_dot", "multi_weighted_sum", "weighted_sum"]
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,41 @@ def _merge(xs: list[Tensor], w: Tensor, outs: list[Tensor], impl: str) -> None:
         if xs[0].numel() == 0:
             return
         _ext.load_ops().weighted_sum_(xs, w.flatten().tolist(), outs)
+
+
+def multi_dot(inputs: Sequence[Tensor], g: Tensor, *, impl: str = "auto") -> Tensor:
+    """Return ``[sum_j g[j] * inputs[k][j] for k in range(K)]`` as a float64 [K] tensor, one pass.
+
+    The adjoint of :func:`multi_weighted_sum`: with ``g`` the gradient of a loss with respect to a
+    merged tensor ``sum_k w_k * inputs[k]``, ``dots`` is the gradient with respect to the weights.
+
+    Args:
+        inputs: K >= 1 tensors with as many elements as ``g`` (shapes may differ), one device;
+            dtypes float32/bfloat16/float16. Never written (read-only mmap'd tensors are fine).
+        g: float32 tensor (any other float dtype is converted: a copy).
+        impl: "auto" | "reference" | "cpu" | "cuda".
+
+    Every product is exact (fp32 operands in fp64) and the sums are fp64. Inference only.
+    """
+    xs = list(inputs)
+    if not xs:
+        raise ValueError("inputs is empty: need at least one tensor to dot with g")
+    for i, x in enumerate(xs):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"inputs[{i}] is a {type(x).__name__}, expected a torch.Tensor")
+        if x.dtype not in MERGE_DTYPES:
+            raise ValueError(f"inputs[{i}] has dtype {x.dtype}; supported: float32, bfloat16, float16")
+        if x.numel() != g.numel():
+            raise ValueError(f"inputs[{i}] has {x.numel()} elements but g has {g.numel()}")
+        if x.device != g.device:
+            raise ValueError(f"inputs[{i}] is on {x.device} but g is on {g.device}: move them to one device")
+    chosen = _resolve_impl(impl, g.device)
+    with torch.no_grad():
+        if chosen == "reference":
+            return reference.multi_dot(xs, g)
+        _check_contiguous(xs, "inputs")
+        g32 = g.detach().to(torch.float32).contiguous()
+        return _ext.load_ops().multi_dot([x.reshape(-1) for x in xs], g32.reshape(-1))
 
 
 def linear_cross_entropy(

@@ -38,8 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CSRC = REPO_ROOT / "csrc"
 EXT_NAME = "shardmix_kernels"
 
-CPU_SOURCES = ["ops.cpp", "merge_cpu.cpp", "merge_avx2.cpp", "merge_avx512.cpp", "xent_cpu.cpp"]
-CUDA_SOURCES = ["ops_cuda.cpp", "merge_cuda.cu", "xent_cuda.cu"]
+CPU_SOURCES = ["ops.cpp", "merge_cpu.cpp", "merge_avx2.cpp", "merge_avx512.cpp", "dot_ops.cpp", "dot_cpu.cpp", "xent_cpu.cpp"]
+CUDA_SOURCES = ["ops_cuda.cpp", "merge_cuda.cu", "dot_ops_cuda.cpp", "dot_cuda.cu", "xent_cuda.cu"]
 CFLAGS = ["-O3", "-g0", "-fopenmp", "-ffp-contract=fast", "-fno-trapping-math", "-fno-math-errno", "-DNDEBUG"]
 LDFLAGS = ["-fopenmp"]
 CUDA_CFLAGS = ["-O3", "-DNDEBUG", "-lineinfo"]

@@ -25,6 +25,11 @@ def _linear_xent_fake(
     return hidden.new_empty((hidden.shape[0],), dtype=torch.float32)
 
 
+@torch.library.register_fake("shardmix::multi_dot")
+def _multi_dot_fake(inputs: list[Tensor], g: Tensor) -> Tensor:
+    return g.new_empty((len(inputs),), dtype=torch.float64)
+
+
 @torch.library.register_fake("shardmix::triad_")
 def _triad_fake(a: Tensor, b: Tensor, c: Tensor, s: float, nontemporal: bool) -> None:
     return None

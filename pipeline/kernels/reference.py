@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["weighted_sum", "multi_weighted_sum", "linear_cross_entropy_nll"]
+__all__ = ["weighted_sum", "multi_weighted_sum", "multi_dot", "linear_cross_entropy_nll"]
 
 # Token rows per chunk in the reference cross-entropy: bounds its memory to about
 # chunk * V * 4 bytes (x2 for logsumexp's temporaries) without changing the result.
@@ -47,6 +47,13 @@ def multi_weighted_sum(inputs: Sequence[Tensor], weights: Tensor, outs: Sequence
     for acc, out in zip(accs, outs):
         out.copy_(acc)
     return list(outs)
+
+
+def multi_dot(inputs: Sequence[Tensor], g: Tensor) -> Tensor:
+    """``[sum_j g[j] * inputs[k][j] for k]`` as a float64 [K] tensor: operands in fp64, so every
+    product is exact and only the fp64 sums round."""
+    g64 = g.reshape(-1).to(torch.float64)
+    return torch.stack([(x.reshape(-1).to(torch.float64) * g64).sum() for x in inputs]) if len(inputs) else g64.new_zeros(0)
 
 
 def linear_cross_entropy_nll(

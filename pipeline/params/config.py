@@ -14,6 +14,7 @@ from pipeline.params.data import PrepareConfig, TokenizeConfig
 from pipeline.params.device import DeviceName, Precision, SaveDtype
 from pipeline.params.evaluation import EvalConfig
 from pipeline.params.mixtures import MixturesConfig, ValidationConfig
+from pipeline.params.recommend import RecommendConfig
 from pipeline.params.model import BaseConfig, ModelConfig, OptimConfig
 from pipeline.params.report import ReportConfig
 from pipeline.params.shards import Shards
@@ -37,6 +38,7 @@ class Config(StageParams):
     mixtures: MixturesConfig = MixturesConfig()
     validation: ValidationConfig = ValidationConfig()
     report: ReportConfig = ReportConfig()
+    recommend: RecommendConfig = RecommendConfig()
 
 
 def load_config(path=DEFAULT_PARAMS) -> Config:

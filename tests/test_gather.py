@@ -1,0 +1,89 @@
+"""The recommend targets' text (the gather stage) and the recommend section's bad input: clear errors
+naming the key and the fix, nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.params.config import Config
+from pipeline.params.core import ConfigError, load
+from tests.conftest import TINY_PARAMS, run_module, write_jsonl, write_params
+
+
+def params_with(tmp_path: Path, recommend: dict) -> Path:
+    return write_params(tmp_path / "params.yaml", {**TINY_PARAMS, "recommend": {**TINY_PARAMS["recommend"], **recommend}})
+
+
+@pytest.mark.parametrize("recommend, says", [
+    ({"budget": 0}, "recommend.budget: Input should be greater than 0"),
+    ({"max_shards": 0}, "recommend.max_shards: Input should be greater than 0"),
+    ({"targets": {"t": {"domains": {"prose": 0.0, "code": 0.0}}}}, "sum to 0: give at least one a weight > 0"),
+    ({"targets": {"t": {"domains": {"prose": 1.0}, "file": "x.jsonl"}}}, "give exactly one of 'domains'"),
+    ({"targets": {"t": {}}}, "give exactly one of 'domains'"),
+    ({"targets": {"bad name": {"domains": {"prose": 1.0}}}}, "target name 'bad name' is not usable as a file name"),
+    ({"dev_fraction": 1.0}, "recommend.dev_fraction: Input should be less than 1"),
+])
+def test_bad_recommend_params_name_the_key(tmp_path, recommend, says):
+    path = params_with(tmp_path, recommend)
+    with pytest.raises(ConfigError) as e:
+        load(path, Config)
+    assert str(path) in str(e.value) and says in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, corpus_rows) -> Path:
+    """A tiny project with its corpus and tokenizer made (prepare, tokenize)."""
+    root = tmp_path_factory.mktemp("gather")
+    write_jsonl(root / "corpus.jsonl", corpus_rows)
+    write_params(root / "params.yaml", TINY_PARAMS)
+    run_module("pipeline.prepare", "--out", "data/corpus", "--metrics", "metrics/corpus.json", cwd=root)
+    run_module("pipeline.tokenize", "--corpus", "data/corpus", "--out", "data/tokens", "--tokenizer-out", "tokenizer",
+               "--metrics", "metrics/tokens.json", cwd=root)
+    return root
+
+
+def gather(root: Path, recommend: dict, check: bool = True):
+    params_with(root, recommend)
+    return run_module("pipeline.gather", "--corpus", "data/corpus", "--tokenizer", "tokenizer", "--out", "data/targets",
+                      "--metrics", "metrics/targets.json", cwd=root, check=check)
+
+
+def test_a_file_target_is_split_by_document_into_dev_and_test(prepared):
+    docs = [{"text": f"Document {i}: " + "some words of the user's own text. " * (5 + i)} for i in range(12)]
+    write_jsonl(prepared / "mine.jsonl", docs + [{"text": None}, {"other": "no text"}])
+    gather(prepared, {"targets": {"mine": {"file": "mine.jsonl"}, "prose": {"domains": {"prose": 1.0}}}, "max_tokens": 100000})
+    rec = json.loads((prepared / "data/targets/mine/target.json").read_text())["domains"]["mine"]
+    assert rec["weight"] == 1.0 and rec["dev"]["documents"] + rec["test"]["documents"] == 12
+    assert rec["dev"]["documents"] >= 1 and rec["test"]["documents"] >= 1
+    from pipeline.lib.tokens import TokenFile
+    from pipeline.lib.models import load_tokenizer
+
+    tok = load_tokenizer(prepared / "tokenizer")
+    texts = {p: [] for p in ("dev", "test")}
+    for part in texts:
+        tf = TokenFile.open(prepared / f"data/targets/mine/{part}/mine.bin")
+        ids, starts = tf.array(), tf.doc_starts()
+        texts[part] = [tok.decode(ids[a + 1:b].tolist()) for a, b in zip(starts[:-1], starts[1:])]
+        assert int(tf.token_bytes().sum()) == sum(len(t.encode()) for t in texts[part])
+    assert not set(texts["dev"]) & set(texts["test"])
+    assert sorted(texts["dev"] + texts["test"]) == sorted(d["text"].strip() for d in docs)
+    summary = json.loads((prepared / "metrics/targets.json").read_text())
+    assert set(summary["targets"]) == {"mine", "prose"}
+
+
+@pytest.mark.parametrize("target, says", [
+    ({"domains": {"no_such_domain": 1.0}}, "recommend.targets.t.domains: unknown domain 'no_such_domain'"),
+    ({"file": "absent.jsonl"}, "recommend.targets.t.file: absent.jsonl not found"),
+    ({"file": "empty.jsonl"}, "empty.jsonl: 0 document(s) with text"),
+    ({"file": "latin1.jsonl"}, "latin1.jsonl: not UTF-8 text"),
+])
+def test_bad_targets_are_clear_errors_and_write_nothing(prepared, target, says):
+    (prepared / "empty.jsonl").write_text("\n")
+    (prepared / "latin1.jsonl").write_bytes('{"text": "caf\\u00e9"}\n'.encode() + b'{"text": "caf\xe9"}\n')
+    before = sorted(p.name for p in prepared.iterdir())
+    proc = gather(prepared, {"targets": {"t": target}}, check=False)
+    assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-2000:]
+    assert sorted(p.name for p in prepared.iterdir()) == before
