@@ -7,7 +7,7 @@ writes, for every target of ``recommend.targets``, ``data/targets/<target>/{dev,
 
 A target's text never was training data: a domain of the corpus gives its eval split; a registry
 source outside ``prepare.domains`` gives its documents (``recommend.max_mb`` of them, in a stable
-hash order), without any whose text the corpus holds; a file gives its documents. Each document
+hash order), and a file its documents, either without any whose text the corpus holds. Each document
 goes to dev or test by a hash of the target, the domain and its id (``recommend.dev_fraction``), so
 no document is in both; each part holds about ``recommend.max_tokens`` tokens, shared among the
 target's domains by weight (at least 1024 each), by whole documents. Adding a target never changes the corpus or the tokenizer, so it retrains nothing.
@@ -138,6 +138,11 @@ def gather_target(name: str, spec: TargetSpec, cfg: Params, corpus: Path, tokeni
             continue
         if spec.file is not None:
             rows, origin = file_rows(spec, name), f"file {spec.file}"
+            kept = [r for r in rows if hashlib.sha256(r["text"].encode()).digest() not in seen]
+            if len(kept) < len(rows):
+                log.warning("%s: %d document(s) of %s are corpus documents: left out (no target text is training data)",
+                            name, len(rows) - len(kept), spec.file)
+            rows = kept
         elif domain in known:
             rows, origin = corpus_rows(corpus, domain, "eval"), "the corpus' eval split"
         else:

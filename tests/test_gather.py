@@ -53,7 +53,9 @@ def gather(root: Path, recommend: dict, check: bool = True):
 
 def test_a_file_target_is_split_by_document_into_dev_and_test(prepared):
     docs = [{"text": f"Document {i}: " + "some words of the user's own text. " * (5 + i)} for i in range(12)]
-    write_jsonl(prepared / "mine.jsonl", docs + [{"text": None}, {"other": "no text"}])
+    with open(prepared / "data/corpus/prose/train.jsonl") as f:
+        in_corpus = {"text": json.loads(f.readline())["text"]}  # a shard's training document: left out
+    write_jsonl(prepared / "mine.jsonl", docs + [{"text": None}, {"other": "no text"}, in_corpus])
     gather(prepared, {"targets": {"mine": {"file": "mine.jsonl"}, "prose": {"domains": {"prose": 1.0}}}, "max_tokens": 100000})
     rec = json.loads((prepared / "data/targets/mine/target.json").read_text())["domains"]["mine"]
     assert rec["weight"] == 1.0 and rec["dev"]["documents"] + rec["test"]["documents"] == 12
