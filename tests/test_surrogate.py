@@ -80,3 +80,23 @@ def test_on_the_committed_proxy_scores_it_predicts_the_triples_it_never_saw():
     for d, r in reg.items():
         err, spread, linear = r["max_abs_error"], r["spread"], r["linear_mean_abs_error"]
         assert r["held_out"] >= 10 and err < 1e-4 and err < spread / 20 and err < linear / 10, (d, r)
+
+
+def test_best_subsets_rank_every_subset_by_its_predicted_value():
+    """Against brute force: every subset of the sizes asked, uniform or token-proportional weights."""
+    names = [f"s{i}" for i in range(6)]
+    b, B = known(6, seed=3)
+    f = lambda w: float(b @ (w / w.sum()) + 0.5 * (w / w.sum()) @ B @ (w / w.sum()))  # noqa: E731
+    q = surrogate.fit(names, *lattice(names, f))
+    tokens = {n: float(i + 1) for i, n in enumerate(names)}
+    for weights in ("uniform", "tokens"):
+        want = []
+        for size in (2, 3):
+            for combo in itertools.combinations(range(6), size):
+                w = np.zeros(6)
+                w[list(combo)] = [1.0 if weights == "uniform" else tokens[names[i]] for i in combo]
+                want.append((tuple(names[i] for i in combo), f(w)))
+        want.sort(key=lambda t: t[1])
+        got = q.best_subsets([2, 3], weights=weights, tokens=tokens, top=7)
+        assert [g[0] for g in got] == [w[0] for w in want[:7]]
+        assert [g[1] for g in got] == pytest.approx([w[1] for w in want[:7]], abs=1e-12)
