@@ -50,6 +50,10 @@ TINY_PARAMS = {
                   "max_tokens": 1024, "max_mb": 1.0, "steps": 6, "tol": 1e-5, "lr": 2.0, "restarts": 0, "max_shards": None},
     "validation": {"mixtures": {"code+prose": {"shards": ["code", "prose"]}, "prose+legal": {"shards": ["prose", "legal"]},
                                 "code+prose+legal": {"shards": ["code", "prose", "legal"]}}},
+    "infer": {"probes": {"skewed": {"shards": ["code", "prose"], "ratios": [3, 1]}, "cal": {"shards": ["prose", "code"], "ratios": [3, 1]}},
+              "models": None, "moment_batches": 2, "adam_power": "calibrate", "calibration": ["cal"], "present": 0.05,
+              "max_unexplained": 0.6, "max_coords": 4000000},
+    "select": {"models": ["code+prose"], "pool_per_domain": 8, "k": 8, "gradients": "linear", "proj_dim": 4},
 }
 
 

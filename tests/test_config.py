@@ -85,3 +85,31 @@ def test_mixture_with_unknown_shard_names_the_key(tmp_path, tiny_params):
     tiny_params["validation"]["mixtures"]["code+nope"] = {"shards": ["code", "nope"]}
     msg = _error(tmp_path, tiny_params)
     assert "validation.mixtures.code+nope.shards" in msg and "nope" in msg
+
+
+@pytest.mark.parametrize("edit, key, words", [
+    (lambda p: p["select"].update(proj_dim=0), "select.proj_dim", "greater than 0"),
+    (lambda p: p["select"].update(k=0), "select.k", "greater than 0"),
+    (lambda p: p["select"].update(models=["nope"]), "select.models", "unknown model 'nope'"),
+    (lambda p: p["infer"].update(models=["nope"]), "infer.models", "unknown model 'nope'"),
+    (lambda p: p["infer"]["probes"].update(code={"shards": ["code"]}), "infer.probes.code", "rename the probe"),
+    (lambda p: p["infer"].update(present=0), "infer.present", "greater than 0"),
+    (lambda p: p["infer"].update(calibration=[]), "infer.adam_power", "calibrate needs probes"),
+    (lambda p: p["infer"].update(calibration=["code+prose"]), "infer.calibration", "not a probe of shards only"),
+    (lambda p: p["infer"].update(adam_power=2), "infer.adam_power", "less than or equal to 1"),
+])
+def test_from_weights_sections_name_the_key(tmp_path, tiny_params, edit, key, words):
+    edit(tiny_params)
+    msg = _error(tmp_path, tiny_params)
+    assert key in msg and words in msg, msg
+
+
+def test_a_probe_of_an_unknown_domain_names_the_key(tmp_path, tiny_params):
+    tiny_params["prepare"] = {**tiny_params["prepare"], "local": [], "domains": ["news_bbc", "email"]}
+    tiny_params["shards"] = {"news_bbc": {"domain": "news_bbc"}, "email": {"domain": "email"}}
+    tiny_params["validation"] = {"mixtures": {}}
+    tiny_params["recommend"]["targets"] = {}
+    tiny_params["select"]["models"] = []
+    tiny_params["infer"]["probes"] = {"p": {"shards": ["news_bbc", "nope"]}}
+    msg = _error(tmp_path, tiny_params)
+    assert "infer.probes.p.shards" in msg and "'nope'" in msg, msg

@@ -70,6 +70,66 @@ def assert_recommend_outputs(project: Path, target: str) -> None:
     assert (project / f"plots/recommend/{target}.png").stat().st_size > 0
 
 
+def assert_from_weights_outputs(project: Path) -> None:
+    """infer estimated every truth and the probe with both methods; select picked k examples per method."""
+    inf = json.loads((project / "metrics/infer.json").read_text())
+    assert set(inf["models"]) == {"code+prose", "prose+legal", "code+prose+legal", "skewed", "cal"}
+    assert inf["models"]["cal"]["kind"] == "calibration" and inf["summary"]["calibration"]["adam"]["models"] == 1
+    errors = inf["calibration"]["mean_l1_by_power"]
+    assert len(errors) == 11 and errors[str(inf["adam_power"])] == min(errors.values())
+    skewed = inf["models"]["skewed"]
+    assert skewed["kind"] == "probe" and skewed["true"] == pytest.approx({"code": 0.75, "prose": 0.25}, abs=1e-6)
+    for row in inf["models"].values():
+        for method in ("adam", "plain"):
+            assert sum(row[method]["weights"].values()) == pytest.approx(1.0, abs=1e-5) and 0 <= row[method]["l1"] <= 2
+    assert inf["summary"]["validation"]["adam"]["models"] == 3 and inf["summary"]["probes"]["adam"]["models"] == 1
+    sel = json.loads((project / "metrics/select.json").read_text())
+    assert set(sel["summary"]["precision"]) == {"select", "topk_cosine", "lowest_loss", "random"}
+    row = sel["models"]["code+prose"]
+    assert row["domains"] == ["code", "prose"] and set(row["ppl"]) == {"seed", "random", "select", "model"}
+    picks = json.loads((project / "data/select/code+prose.json").read_text())["selected"]
+    assert all(len(v) == 8 and len(set(v)) == 8 for v in picks.values())
+    text = (project / "reports/from_weights/from_weights.md").read_text()
+    assert "| validation | 3 |" in text and "| code+prose |" in text
+    assert (project / "reports/from_weights/from_weights.png").stat().st_size > 0
+
+    # bad input: k beyond the pool, a model that is the seed, a model not there; nothing written
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    select_args = ["--base", "models/base", "--models", "models/mixtures", "models/probes", "models", "--tokens", "data/tokens"]
+    for name, edit, message in (
+        ("k", lambda p: p["select"].update(k=10_000), "select.k = 10000 is more than the pool's"),
+        ("seed", lambda p: p["select"].update(models=["base"]), "models/base: its weights equal the seed's"),
+        ("missing", lambda p: p["select"].update(models=["nowhere"]), "no model folder 'nowhere'"),
+    ):
+        bad = project.parent / f"bad-{name}.yaml"
+        edited = json.loads(json.dumps(params))
+        edit(edited)
+        write_params(bad, edited)
+        proc = run_module("pipeline.select", "--params", str(bad), *select_args, "--out", str(project.parent / f"{name}.json"),
+                          "--selected", str(project.parent / f"sel-{name}"), cwd=project, check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert not (project.parent / f"{name}.json").exists() and not (project.parent / f"sel-{name}").exists()
+    edited = json.loads(json.dumps(params))
+    edited["infer"].update(models=["skewed"], adam_power=0.5, calibration=[])
+    write_params(project.parent / "one.yaml", edited)
+    (project.parent / "seedcopy").mkdir()
+    import shutil
+
+    shutil.copytree(project / "models/base", project.parent / "seedcopy/skewed")
+    proc = run_module("pipeline.infer", "--params", str(project.parent / "one.yaml"), "--base", "models/base", "--shards-dir",
+                      "models/shards", "--models", str(project.parent / "seedcopy"), "--tokens", "data/tokens", "--out",
+                      str(project.parent / "inf.json"), cwd=project, check=False)
+    assert proc.returncode == 2 and "equal the seed's" in proc.stderr and not (project.parent / "inf.json").exists(), proc.stderr
+    # a researcher's own model, of unknown data: estimated, nothing to judge it against
+    shutil.copytree(project / "models/probes/skewed", project.parent / "mine")
+    (project.parent / "mine/shardmix.json").unlink()
+    run_module("pipeline.infer", "--base", "models/base", "--shards-dir", "models/shards", "--model", str(project.parent / "mine"),
+               "--models", "models/probes", "--tokens", "data/tokens", "--out", str(project.parent / "mine.json"), cwd=project)
+    mine = json.loads((project.parent / "mine.json").read_text())["models"]["mine"]
+    assert mine["kind"] == "model" and mine["true"] is None and mine["adam"]["l1"] is None
+    assert mine["adam"]["weights"] == inf["models"]["skewed"]["adam"]["weights"]
+
+
 def test_dvc_repro_tiny_end_to_end(project: Path):
     trace = project.parent / "params-read.jsonl"
     out = dvc(project, "repro", env={"SHARDMIX_TRACE_PARAMS": str(trace)}).stdout
@@ -77,7 +137,7 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     assert_params_declared_as_read(project, trace)
     assert {"prepare", "tokenize", "base", "evaluate_base", "train@code", "train@prose", "train@legal", "proxy",
             "train_mixture@code+prose", "evaluate_mixture@code+prose+legal", "report", "gather", "recommend@prose",
-            "confirm@prose"} <= set(ran), out
+            "confirm@prose", "train_probe@skewed", "train_probe@cal", "infer", "select", "report_weights"} <= set(ran), out
 
     # outputs load: corpus, tokens, models (HF folders, safetensors, tokenizer, provenance)
     manifest = json.loads((project / "data/corpus/manifest.json").read_text())
@@ -120,6 +180,7 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
         assert (project / "reports/proxy" / f).stat().st_size > 0
     assert "| merged |" in (project / "reports/proxy/summary.md").read_text()
     assert_recommend_outputs(project, "prose")
+    assert_from_weights_outputs(project)
 
     # nothing is stale after a run
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
@@ -140,7 +201,8 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
             assert ran == [], ran
         else:  # every stage with DVC-cached outputs reruns; those whose outputs are all in git (metrics,
             # plots) and whose inputs came out byte-identical have nothing to redo
-            assert set(stages_run(out)) - set(ran) == {"evaluate_base", "proxy", "report", "confirm@prose"}, ran
+            assert set(stages_run(out)) - set(ran) == {"evaluate_base", "proxy", "report", "confirm@prose", "infer", "select",
+                                                       "report_weights"}, ran
         assert json.loads(dvc(clone, "status", "--json").stdout) == {}
         assert git_status(clone) == "", f"{name}: {git_status(clone)}"
         assert (clone / "runs").is_dir() or shared_cache  # run records exist, untracked
@@ -188,10 +250,13 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     stale = set(json.loads(status))
     # the report reads `shards` too (which eval domains a mixture covers); check and plan read the
     # whole file and `shards`, and write what they wrote before: no truth model is retrained. A new
-    # shard is a new choice for every target: recommend and confirm rerun
-    assert stale == {"check", "plan", "train@code-b", "evaluate@code-b", "proxy", "report", "recommend@prose", "confirm@prose"}, status
+    # shard is a new choice for every target: recommend and confirm rerun; and a new term of every
+    # model's update: infer reruns (select too: it reads `shards` to map a model's shards to domains)
+    assert stale == {"check", "plan", "train@code-b", "evaluate@code-b", "proxy", "report", "recommend@prose", "confirm@prose",
+                     "infer", "select"}, status
     ran = stages_run(dvc(project, "repro").stdout)
-    assert sorted(ran) == ["check", "confirm@prose", "evaluate@code-b", "plan", "proxy", "recommend@prose", "report", "train@code-b"], ran
+    assert sorted(ran) == ["check", "confirm@prose", "evaluate@code-b", "infer", "plan", "proxy", "recommend@prose", "report",
+                           "report_weights", "select", "train@code-b"], ran
 
     # the experiment workflow of the README: a changed recipe, then compare
     git(project, "add", "-A")
@@ -251,6 +316,7 @@ def test_empty_domain_and_empty_shard(project: Path, tiny_params, corpus_rows):
     write_jsonl(project / "corpus.jsonl", corpus_rows)
     tiny_params["shards"] = {"code": {"domain": "code"}, "sliver": {"domain": "prose", "piece": 0, "of": 100000}}
     tiny_params["validation"] = {"mixtures": {}}
+    tiny_params["infer"], tiny_params["select"] = {"probes": {}}, {"models": []}  # no models to explain
     write_params(project / "params.yaml", tiny_params)
     dvc(project, "repro", "base")
     proc = run_module("pipeline.train", "--shard", "sliver", "--base", "models/base", "--tokens", "data/tokens",

@@ -7,16 +7,18 @@ hand validates the sections it reads (its own :class:`~pipeline.params.core.Stag
 
 from __future__ import annotations
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, model_validator
 
 from pipeline.params.core import DEFAULT_PARAMS, StageParams, Threads, load
 from pipeline.params.data import PrepareConfig, TokenizeConfig
 from pipeline.params.device import DeviceName, Precision, SaveDtype
 from pipeline.params.evaluation import EvalConfig
+from pipeline.params.infer import InferConfig
 from pipeline.params.mixtures import MixturesConfig, ValidationConfig
 from pipeline.params.recommend import RecommendConfig
 from pipeline.params.model import BaseConfig, ModelConfig, OptimConfig
 from pipeline.params.report import ReportConfig
+from pipeline.params.select import SelectConfig
 from pipeline.params.shards import Shards
 
 
@@ -39,6 +41,16 @@ class Config(StageParams):
     validation: ValidationConfig = ValidationConfig()
     report: ReportConfig = ReportConfig()
     recommend: RecommendConfig = RecommendConfig()
+    infer: InferConfig = InferConfig()
+    select: SelectConfig = SelectConfig()
+
+    @model_validator(mode="after")
+    def _models_from_weights(self) -> Config:
+        """Probes name shards or corpus domains; ``infer.models`` and ``select.models`` name known models."""
+        domains = None if self.prepare.local else list(self.prepare.domains)
+        self.infer.check_names(list(self.shards), domains, list(self.validation.mixtures))
+        self.select.check_names([*self.validation.mixtures, *self.infer.probes])
+        return self
 
 
 def load_config(path=DEFAULT_PARAMS) -> Config:

@@ -1,0 +1,126 @@
+"""SELECT's parts: per-example gradients against autograd one example at a time, the seeded sketch,
+the greedy rule on hand-made vectors, and the pool."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.lib.selection import (Pool, gradient_sketches, greedy_select, layer_deltas, linear_modules, lowest_loss, make_pool,
+                                    random_pick, sketch_maps, topk_cosine, update_sketch)
+from pipeline.lib.runtime import StageError
+from tests.test_mixfit import _token_file
+from tests.test_pool import perturbed, tiny_llama
+
+
+def _pool(n=5, length=17, vocab=97, seed=0) -> Pool:
+    toks = np.random.default_rng(seed).integers(0, vocab, (n, length)).astype(np.int64)
+    return Pool(np.array(["a"] * n), np.arange(n), toks, length - 1)
+
+
+def _per_example_grads(model, pool: Pool, names: list[str]) -> list[dict[str, torch.Tensor]]:
+    params = dict(model.named_parameters())
+    out = []
+    for x in torch.from_numpy(pool.tokens):
+        model.zero_grad()
+        logits = model(input_ids=x[None, :-1]).logits
+        F.cross_entropy(logits[0], x[1:]).backward()
+        # the hooked layers' own weight gradients (a tied head's is its output side only: read it from the module's input)
+        out.append({n: params[n + ".weight"].grad.clone() for n in names})
+    return out
+
+
+@pytest.mark.parametrize("subset", ["linear", "head"])
+def test_sketches_and_alignments_equal_autograd_one_example_at_a_time(subset):
+    model = tiny_llama(tie=False, hidden=16, vocab=97)
+    seed = perturbed(model, 3, scale=0.02)
+    pool = _pool()
+    mods = linear_modules(model, subset)
+    names = list(mods)
+    assert (names == ["lm_head"]) if subset == "head" else (len(names) == 2 * 7 + 1)
+    maps = sketch_maps(mods, (4, 3), seed=0)
+    deltas = layer_deltas(seed, model, subset)
+    got = gradient_sketches(model, pool, subset, maps, deltas, batch_size=2)
+    want = _per_example_grads(model, pool, names)
+    for i, grads in enumerate(want):
+        sketch = torch.cat([(maps[n][0].T @ grads[n] @ maps[n][1]).reshape(-1) for n in names])
+        np.testing.assert_allclose(got.sketches[i], sketch.numpy(), rtol=1e-4, atol=1e-6)
+        align = sum(float((grads[n].double() * deltas[n].double()).sum()) for n in names)
+        np.testing.assert_allclose(got.align[i], align, rtol=1e-4, atol=1e-9)
+    with torch.no_grad():
+        losses = [float(F.cross_entropy(model(input_ids=x[None, :-1]).logits[0], x[1:])) for x in torch.from_numpy(pool.tokens)]
+    np.testing.assert_allclose(got.losses, losses, rtol=1e-5)
+    t, norm = update_sketch(deltas, maps)
+    assert t.shape == got.sketches.shape[1:] and norm > 0
+
+
+def test_sketch_maps_are_seeded_and_preserve_inner_products_on_average():
+    mods = {"l": torch.nn.Linear(64, 48, bias=False)}
+    a = sketch_maps(mods, (8, 8), seed=1)["l"]
+    b = sketch_maps(mods, (8, 8), seed=1)["l"]
+    c = sketch_maps(mods, (8, 8), seed=2)["l"]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(48, 64, generator=g), torch.randn(48, 64, generator=g)
+    y = x + 0.5 * y  # correlated: inner product far from zero
+    est = [float(((u.T @ x @ w) * (u.T @ y @ w)).sum()) for u, w in (sketch_maps(mods, (8, 8), seed=s)["l"] for s in range(200))]
+    exact = float((x * y).sum())
+    assert abs(np.mean(est) - exact) < 0.05 * exact
+
+
+def test_greedy_follows_the_running_sum_rule_on_hand_made_vectors():
+    t = np.array([1.0, 1.0, 0.0])
+    g = np.array([[1.0, 0.0, 0.0],   # 0: half of the target
+                  [0.0, 1.0, 0.0],   # 1: the other half
+                  [0.9, 0.9, 0.0],   # 2: the best alone
+                  [1.0, 0.9, 0.0],   # 3: close to 2
+                  [0.0, 0.0, 5.0]])  # 4: orthogonal
+    align = g @ t
+    order = greedy_select(g, align, 3)
+    # step 1: the best cosine alone (2); step 2: S + g_i most aligned: 2 + 3 -> (1.9, 1.8) beats 2 + 0 -> (1.9, 0.9)
+    assert list(order[:2]) == [2, 3]
+    # by brute force at every step
+    s = np.zeros(3)
+    chosen = []
+    for _ in range(3):
+        cands = [i for i in range(5) if i not in chosen]
+        best = max(cands, key=lambda i: (s + g[i]) @ t / np.linalg.norm(s + g[i]))
+        chosen.append(best)
+        s += g[best]
+    assert list(order) == chosen
+    assert list(topk_cosine(g, align, 2)) == [2, 3]
+    assert list(lowest_loss(np.array([3.0, 1.0, 2.0]), 2)) == [1, 2]
+    np.testing.assert_array_equal(random_pick(10, 4, 7), random_pick(10, 4, 7))
+    with pytest.raises(ValueError, match="k must be between 1 and the pool size"):
+        greedy_select(g, align, 6)
+
+
+def test_pool_takes_seeded_windows_of_every_domain(tmp_path):
+    f = _token_file(tmp_path, n=2000)
+    p1 = make_pool({"x": f, "y": f}, 5, 16, seed=0)
+    p2 = make_pool({"x": f, "y": f}, 5, 16, seed=0)
+    assert len(p1) == 10 and list(p1.domains) == ["x"] * 5 + ["y"] * 5
+    np.testing.assert_array_equal(p1.tokens, p2.tokens)
+    arr = f.array()
+    w = int(p1.windows[0])
+    np.testing.assert_array_equal(p1.tokens[0], arr[w * 16 : w * 16 + 17])
+    (s,) = p1.slices([0], {"x": f, "y": f})
+    assert s.tokens == 17 and s.start == w * 16
+    with pytest.raises(StageError, match="pool is empty"):
+        make_pool({"x": f}, 5, 5000, seed=0)
+
+
+def test_a_model_without_a_linear_head_is_named():
+    class NoHead(torch.nn.Module):
+        def get_output_embeddings(self):
+            return None
+
+    with pytest.raises(StageError, match="NoHead: SELECT needs a causal LM"):
+        linear_modules(NoHead(), "head")
+
+
+def test_a_model_of_other_shapes_is_named():
+    with pytest.raises(StageError, match="not fine-tuned from this seed"):
+        layer_deltas(tiny_llama(hidden=16), tiny_llama(hidden=32), "linear")
