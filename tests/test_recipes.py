@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 RECIPES = ("own-corpus", "own-model", "proxy-only", "gpu")
 # maps whose keys are names the user chooses: a fragment's version replaces the section whole
-NAMED_ENTRIES = {("shards",), ("validation", "mixtures"), ("mixtures", "explicit")}
+NAMED_ENTRIES = {("shards",), ("validation", "mixtures"), ("mixtures", "explicit"), ("infer", "probes")}
 PROXIES = {"merged", "mean_shard_ppl", "best_shard", "ensemble"}
 
 
