@@ -88,7 +88,12 @@ def tiny_params(seed: Path, device: str, precision: str) -> dict:
         "report": {"bootstrap": 100},
         "validation": {"mixtures": {"code_a+prose": {"shards": ["code_a", "prose"]}, "prose+legal": {"shards": ["prose", "legal"]}}},
         "recommend": {"targets": {"prose": {"domains": {"prose": 1.0}}}, "max_tokens": 1024, "steps": 4, "restarts": 0},
+        **NO_PROBES,
     }
+
+
+# the default probes and select.models name the default shards and truths: none here (infer, select run empty)
+NO_PROBES = {"infer": {"probes": {}, "calibration": [], "adam_power": 0.5, "models": None}, "select": {"models": []}}
 
 
 def gpu_params(seed: Path, device: str, precision: str, seed_tokens: int, domains: list[str]) -> dict:
@@ -107,6 +112,7 @@ def gpu_params(seed: Path, device: str, precision: str, seed_tokens: int, domain
         "validation": {"mixtures": {f"{a}+{b}": {"shards": [a, b]} for a, b in ((domains[0], domains[1]), (domains[2], domains[3]))}},
         "recommend": {"targets": {"mix": {"domains": {domains[0]: 0.5, domains[3]: 0.5}}}, "budget": 200_000, "max_tokens": 8192,
                       "steps": 10, "restarts": 0},
+        **NO_PROBES,
     }
 
 

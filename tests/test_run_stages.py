@@ -29,7 +29,7 @@ def test_the_expansion_is_dvcs(project: Path, params: str):
     mine = {s["name"]: s["cmd"] for s in run_stages.expand(project / "dvc.yaml", project / "params.yaml")}
     assert mine == dvc_commands(project)
     names = list(mine)
-    assert names.index("check") == 0 and names[-1] == "report" and names.index("plan") < names.index(next(n for n in names if n.startswith("train_mixture@")))
+    assert names.index("check") == 0 and names[-1] == "report_weights" and names.index("plan") < names.index(next(n for n in names if n.startswith("train_mixture@")))
 
 
 def test_an_order_that_reads_before_it_makes_is_refused(tmp_path: Path):
