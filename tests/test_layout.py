@@ -81,6 +81,22 @@ def test_no_import_cycles():
             visit(m)
 
 
+def _paths(entries) -> set[str]:
+    return {next(iter(e)) if isinstance(e, dict) else e for e in entries or []}
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_path_a_stage_reads_or_writes_is_a_dep_or_an_out(name):
+    """DVC orders stages (and pipeline.launch schedules them) by these: a path the command is given
+    that is in neither list lets the stage run before the stage that makes it."""
+    stage = STAGES[name]
+    known = _paths(stage.get("deps")) | {p for key in ("outs", "metrics", "plots") for p in _paths(stage.get(key))}
+    words = stage["cmd"].split()
+    given = {w for flag, w in zip(words, words[1:]) if flag.startswith("--") and "/" in w and not w.startswith("-")}
+    covered = lambda w: any(w == k or w.startswith(k.rstrip("/") + "/") or k.startswith(w.rstrip("/") + "/") for k in known)
+    assert all(covered(w) for w in given), f"dvc.yaml stage {name}: {sorted(w for w in given if not covered(w))} in no deps or outs"
+
+
 def stage_modules() -> set[str]:
     return {re.search(r"python -m (pipeline\.[\w.]+)", st["cmd"]).group(1) for st in STAGES.values()}
 

@@ -73,9 +73,28 @@ def _terminate(signum, frame):
     raise KeyboardInterrupt
 
 
+THREADS_ENV = "SHARDMIX_THREADS"
+
+
 def resolved_threads(threads: int) -> int:
-    """params ``threads``: 0 means every core of this machine."""
-    return threads or os.cpu_count() or 1
+    """params ``threads``; 0 means this process's share of the machine: the ``SHARDMIX_THREADS``
+    that ``pipeline.launch`` gives each job it runs beside others, else every core this process may
+    run on (its CPU affinity: all cores, or a Slurm allocation, ``taskset``)."""
+    if threads:
+        return threads
+    share = os.environ.get(THREADS_ENV, "").strip()
+    if share:
+        if not share.isdigit() or int(share) < 1:
+            raise StageError(f"environment {THREADS_ENV}={share!r}: a whole number of threads >= 1; unset it to use every core")
+        return int(share)
+    return usable_cpus()
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its CPU affinity), else the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def configure_threads(threads: int) -> None:

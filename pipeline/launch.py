@@ -1,0 +1,344 @@
+"""Run the stale items of the pipeline on a local process pool, Ray or Slurm (submitit); DVC keeps the record.
+
+``python -m pipeline.launch [--engine local|ray|submitit] [--jobs N] [STAGE ...]``
+
+DVC runs stages one after another and has no cluster backend. This asks DVC which of the stages
+``dvc repro STAGE ...`` would consider are stale (every stage without STAGE), runs the independent
+``foreach`` items among them (``train@*``, ``evaluate@*``, ``train_mixture@*``, ``train_probe@*``...)
+as jobs on the engine, at most ``--jobs`` at once, each with its share of threads (and a GPU each
+when params ``device`` asks for CUDA), records each finished item the way ``dvc commit`` does
+(``dvc.lock``, the cache, the run-cache: what ``dvc repro`` would have left), and finishes the rest
+with ``dvc repro``. A stage that is not an item but that items need (``tokenize``, ``plan``...)
+runs here with ``dvc repro --single-item`` when its turn comes.
+
+Threads: params ``threads`` > 0 is every job's thread count (it is a stage param: results depend on
+it). ``threads: 0`` ("every core") becomes each job's share: the machine's cores / ``--jobs`` on
+this machine, ``--threads`` on a cluster; the stage reads it from ``SHARDMIX_THREADS``. Jobs on
+this machine never ask for more cores than it has.
+
+A failed item names its stage and its log (``runs/launch/<stage>.log``); the items that finished are
+recorded anyway, and a rerun launches only what is still stale. Ctrl-C cancels the engine's jobs;
+the stages' outputs are written under temporary names, so nothing half-written is left.
+The last line printed is a JSON summary (also in ``runs/launch/launch.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.lib.dvcrepo import Pipeline
+from pipeline.lib.engines import ENGINES, Engine, Job, LocalEngine, RayEngine, SubmititEngine, local_gpus, need
+from pipeline.lib.outputs import write_json
+from pipeline.lib.runtime import THREADS_ENV, StageError, setup_logging, usable_cpus
+
+log = logging.getLogger("pipeline.launch")
+POLL_S = 0.5
+
+
+@dataclass
+class Resources:
+    """What each job asks for, and how many run at once."""
+
+    jobs: int
+    threads: int
+    gpus: int
+    share: bool  # threads is this job's share of threads: 0 (the stages read SHARDMIX_THREADS)
+
+
+@dataclass
+class Outcome:
+    launched: list[str] = field(default_factory=list)
+    here: list[str] = field(default_factory=list)      # non-item stages run with dvc repro -s
+    restored: list[str] = field(default_factory=list)  # from DVC's run-cache
+    up_to_date: list[str] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    not_reached: list[str] = field(default_factory=list)  # downstream of a failure
+    cancelled: list[str] = field(default_factory=list)  # stopped by an interrupt
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- checks before anything runs
+
+
+def positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n}: must be at least 1")
+    return n
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE (an sbatch option without its dashes, e.g. account=myproj)")
+    return key, value
+
+
+def params_of(path: Path) -> tuple[int, str]:
+    """params ``threads`` and ``device`` (the stages validate the rest)."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise StageError(f"{path}: cannot read the params ({e}); run from the project folder or pass --params") from None
+    threads, device = raw.get("threads", 0), str(raw.get("device", "cpu"))
+    if not isinstance(threads, int) or threads < 0:
+        raise StageError(f"{path}: threads: {threads!r}: a whole number >= 0 (0 = every core)")
+    return threads, device
+
+
+def on_this_machine(args) -> bool:
+    """Whether the jobs share this machine (so their cores and GPUs must fit it)."""
+    return args.engine == "local" or (args.engine == "ray" and not args.address) or (args.engine == "submitit" and args.cluster == "local")
+
+
+def resources(args, threads_param: int, device: str) -> Resources:
+    here = on_this_machine(args)
+    if threads_param:
+        if args.threads and args.threads != threads_param:
+            raise StageError(f"{args.params}: threads: {threads_param} is every job's thread count (a stage param); "
+                             f"drop --threads {args.threads}, or set threads: 0 to give each job a share")
+        threads, share = threads_param, False
+    elif args.threads:
+        threads, share = args.threads, True
+    else:
+        threads, share = (max(1, usable_cpus() // args.jobs) if here else 1), True
+    if here and args.jobs * threads > usable_cpus():
+        raise StageError(f"--jobs {args.jobs} x {threads} thread{'s' if threads > 1 else ''} each > the {usable_cpus()} cores here: the jobs would "
+                         f"oversubscribe this machine; lower --jobs{'' if share else ' or params threads'}")
+    gpus = args.gpus_per_job
+    if gpus is None:
+        gpus = 1 if device.startswith("cuda") or (device == "auto" and here and local_gpus()) else 0
+    if gpus and device.startswith("cuda:"):
+        raise StageError(f"{args.params}: device: {device} names one GPU, but each job gets GPUs of its own; set device: cuda")
+    if gpus and here:
+        have = local_gpus()
+        where = "submitit's local executor" if args.engine == "submitit" else "this machine"
+        if have < gpus * (1 if args.engine == "submitit" else args.jobs):
+            need_n = gpus if args.engine == "submitit" else gpus * args.jobs
+            asked = f"--gpus-per-job {gpus}" if args.gpus_per_job is not None else f"{args.params}: device: {device} (a GPU per job)"
+            raise StageError(f"{asked}{'' if args.engine == 'submitit' else f' x --jobs {args.jobs}'}: {where} has {have} "
+                             f"CUDA device(s), {need_n} needed; set device: cpu or --gpus-per-job 0, or run on a GPU host")
+    return Resources(args.jobs, threads, gpus, share)
+
+
+def make_engine(args, res: Resources, root: Path) -> Engine:
+    if args.engine == "local":
+        return LocalEngine(gpus=local_gpus() if res.gpus else 0)
+    if args.engine == "ray":
+        return RayEngine(args.address, cpus=usable_cpus(), gpus=local_gpus() if res.gpus else 0)
+    return SubmititEngine(root / args.logs / "submitit", args.cluster, res.threads, res.gpus, args.time_min, args.partition,
+                          dict(args.slurm_arg or []))
+
+
+def check_flags(args) -> None:
+    if args.address and args.engine != "ray":
+        raise StageError(f"--address is a Ray cluster's; it has no meaning with --engine {args.engine}")
+    slurm = [f for f, v in (("--partition", args.partition), ("--slurm-arg", args.slurm_arg)) if v]
+    if args.engine != "submitit" and (slurm or args.cluster):
+        raise StageError(f"{', '.join(slurm + (['--cluster'] if args.cluster else []))}: submitit's; use --engine submitit")
+    if args.engine == "submitit" and args.cluster == "local" and slurm:
+        raise StageError(f"{', '.join(slurm)}: Slurm's; submitit's local executor has none")
+    if args.engine in ("ray", "submitit"):
+        need(args.engine)
+
+
+# ---------------------------------------------------------------- the launch
+
+
+class Launch:
+    def __init__(self, root: Path, pipe: Pipeline, engine: Engine, res: Resources, logs: Path, force: bool, shares_machine: bool):
+        self.root, self.pipe, self.engine, self.res, self.logs, self.force = root, pipe, engine, res, logs, force
+        self.shares_machine = shares_machine
+        self.out = Outcome()
+        self.done: set[str] = set()
+        self.started: dict[str, float] = {}
+        info = pipe.info
+        below: dict[str, set[str]] = {n: set() for n in info}  # stages downstream of each
+        for n in reversed(pipe.order):
+            for u in info[n].upstream:
+                below[u] |= below[n] | {n}
+        self.needed_here = {n for n in info if not info[n].item and any(info[d].item for d in below[n])}
+
+    def job(self, name: str) -> Job:
+        info = self.pipe.info[name]
+        env = {"DVC_ROOT": str(self.root), "DVC_STAGE": name, "OMP_NUM_THREADS": str(self.res.threads),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        if self.res.share:
+            env[THREADS_ENV] = str(self.res.threads)
+        return Job(name, info.cmd, str(info.wdir), str(self.logs / f"{name}.log"), self.res.threads, self.res.gpus, env)
+
+    def run(self) -> Outcome:
+        pending = list(self.pipe.order)
+        blocked: set[str] = set()
+        while True:
+            self.collect()
+            for name in sorted(pending, key=lambda n: self.pipe.info[n].item):  # what items wait for, first
+                info = self.pipe.info[name]
+                if info.upstream & (blocked | {f["stage"] for f in self.out.failed}):
+                    pending.remove(name)
+                    blocked.add(name)
+                    self.out.not_reached.append(name)
+                elif info.upstream <= self.done:
+                    if info.item and len(self.engine.running()) >= self.res.jobs:
+                        continue
+                    if not info.item and name not in self.needed_here:
+                        pending.remove(name)  # left to the final dvc repro
+                        continue
+                    pending.remove(name)
+                    self.start(name)
+            running = self.engine.running()
+            if not running and not any(self.pipe.info[n].upstream <= self.done for n in pending):
+                return self.out
+            time.sleep(POLL_S)
+
+    def start(self, name: str) -> None:
+        info = self.pipe.info[name]
+        forced = self.force and info.item
+        if not forced and not self.pipe.stale(name):
+            self.out.up_to_date.append(name)
+            self.done.add(name)
+            return
+        if not info.item:
+            self.here(name)
+            return
+        if not forced and self.pipe.prepare(name):
+            self.out.restored.append(name)
+            self.done.add(name)
+            return
+        if forced:
+            self.pipe.clear(name)
+        self.started[name] = time.monotonic()
+        self.engine.submit(self.job(name))
+        self.out.launched.append(name)
+        log.info("%s: launched on %s (%d thread%s%s); log %s", name, self.engine.name, self.res.threads,
+                 "s" if self.res.threads > 1 else "", f", {self.res.gpus} GPU" if self.res.gpus else "",
+                 (self.logs / f"{name}.log").relative_to(self.root))
+
+    def here(self, name: str) -> None:
+        if self.shares_machine and self.engine.running():  # it takes every core: the jobs here end first
+            log.info("%s: waiting for the running jobs to end before running it here", name)
+            while self.engine.running():
+                time.sleep(POLL_S)
+                self.collect()
+        log.info("%s: not a foreach item; running it here: dvc repro --single-item %s", name, name)
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", name], cwd=self.root)
+        self.out.seconds[name] = round(time.monotonic() - t0, 1)
+        if proc.returncode:
+            self.out.failed.append({"stage": name, "status": proc.returncode, "log": "the output above (dvc repro)"})
+            log.error("%s failed (dvc repro exit %d)", name, proc.returncode)
+        else:
+            self.out.here.append(name)
+            self.done.add(name)
+
+    def collect(self, cancelled: bool = False) -> None:
+        """Record the jobs that finished; name the ones that failed (or, ``cancelled``, that were stopped)."""
+        for job, status, note in self.engine.poll():
+            self.out.seconds[job.name] = round(time.monotonic() - self.started.pop(job.name), 1)
+            rel = str(Path(job.log).relative_to(self.root))
+            if status == 0:
+                self.pipe.record(job.name)
+                self.done.add(job.name)
+                log.info("%s: finished in %.0f s; recorded in dvc.lock", job.name, self.out.seconds[job.name])
+            elif cancelled:
+                self.out.cancelled.append(job.name)
+                log.error("%s: cancelled; nothing of it is recorded (its log: %s)", job.name, rel)
+            else:
+                how = f"killed by signal {-status}" if status < 0 and not note else f"exit status {status}"
+                self.out.failed.append({"stage": job.name, "status": status, "log": rel, **({"engine": note} if note else {})})
+                log.error("%s failed (%s%s); its log: %s", job.name, how, f"; {note}" if note else "", rel)
+
+
+def launch(args) -> int:
+    root = Path.cwd()
+    check_flags(args)
+    threads_param, device = params_of(root / args.params)
+    res = resources(args, threads_param, device)
+    pipe = Pipeline(root, args.stages)
+    logs = root / args.logs
+    engine = make_engine(args, res, root)
+    t0 = time.monotonic()
+    run = Launch(root, pipe, engine, res, logs, args.force, on_this_machine(args))
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = False
+    try:
+        out = run.run()
+    except KeyboardInterrupt:
+        interrupted, out = True, run.out
+        names = engine.running()
+        log.error("interrupted: cancelling %d running job(s): %s", len(names), ", ".join(names) or "none")
+        engine.cancel()
+        run.collect(cancelled=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        engine.close()
+        pipe.close()
+    finished = None
+    if not interrupted and not out.failed:
+        log.info("finishing with dvc repro %s", " ".join(args.stages))
+        finished = subprocess.run([sys.executable, "-m", "dvc", "repro", *args.stages], cwd=root).returncode
+    summary = {"engine": args.engine, "jobs": res.jobs, "threads_per_job": res.threads, "gpus_per_job": res.gpus,
+               "stages": args.stages, "launched": out.launched, "ran_here": out.here, "restored": out.restored,
+               "up_to_date": len(out.up_to_date), "failed": out.failed, "not_reached": out.not_reached, "cancelled": out.cancelled,
+               "interrupted": interrupted, "final_dvc_repro": finished, "seconds": out.seconds,
+               "wall_s": round(time.monotonic() - t0, 1)}
+    write_json(logs / "launch.json", summary)
+    for f in out.failed:
+        log.error("FAILED %s: %s; rerun `python -m pipeline.launch` to launch only what is still stale", f["stage"], f["log"])
+    print(json.dumps(summary))
+    if interrupted:
+        return 130
+    return 1 if out.failed else (finished or 0)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.launch", description=__doc__.splitlines()[0])
+    p.add_argument("stages", nargs="*", metavar="STAGE", help="dvc.yaml stages or foreach groups, as for dvc repro (default: all)")
+    p.add_argument("--engine", choices=ENGINES, default="local", help="where the jobs run (default: %(default)s)")
+    p.add_argument("--jobs", type=positive, default=2, help="jobs at once (default: %(default)s)")
+    p.add_argument("--threads", type=positive, help="threads per job where params threads is 0 (default: cores / --jobs here, 1 on a cluster)")
+    p.add_argument("--gpus-per-job", type=int, choices=range(0, 9), metavar="G",
+                   help="GPUs per job (default: 1 when params device is cuda, else 0)")
+    p.add_argument("--address", help="ray: an existing cluster (host:port, ray://host:port, or auto); default: a local one")
+    p.add_argument("--cluster", choices=("slurm", "local"), help="submitit: Slurm, or its local executor (default: Slurm where sbatch is found)")
+    p.add_argument("--partition", help="submitit on Slurm: the partition")
+    p.add_argument("--time-min", type=positive, default=240, help="submitit: each job's time limit in minutes (default: %(default)s)")
+    p.add_argument("--slurm-arg", type=key_value, action="append", metavar="KEY=VALUE", help="submitit on Slurm: another sbatch option (repeatable)")
+    p.add_argument("--force", action="store_true", help="run the foreach items even if up to date, without the run-cache (dvc repro -f -s for each)")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    p.add_argument("--logs", type=Path, default=Path("runs/launch"), help="folder of the jobs' logs (default: %(default)s)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    logging.getLogger("dvc").setLevel(logging.WARNING)
+    try:
+        return launch(args)
+    except StageError as e:
+        log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

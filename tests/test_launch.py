@@ -1,0 +1,240 @@
+"""pipeline.launch: the stale foreach items on an engine, recorded as dvc repro would have.
+
+The end-to-end tests run the tiny pipeline's ``evaluate`` stages (prepare, tokenize, base, the three
+shard models and their evaluations) once with a serial ``dvc repro`` and once through each engine,
+and compare every output hash in dvc.lock (on one machine the models are bit-identical).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.lib import engines
+from pipeline.lib.runtime import StageError, resolved_threads, usable_cpus
+from tests.conftest import TINY_PARAMS, dvc, make_project, project_env
+
+TARGETS = ["evaluate"]
+ITEMS = {"train@code", "train@prose", "train@legal", "evaluate@code", "evaluate@prose", "evaluate@legal"}
+
+
+def launch(root: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.launch", *args], cwd=root, env=project_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def summary_of(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def out_hashes(root: Path) -> dict[str, dict[str, str]]:
+    """Every stage's output hashes in dvc.lock."""
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    return {name: {o["path"]: o.get("md5") for o in entry.get("outs", [])} for name, entry in lock.items()}
+
+
+def stale(root: Path, *targets: str) -> dict:
+    return json.loads(dvc(root, "status", "--json", *targets).stdout or "{}")
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory, corpus_rows) -> dict[str, dict[str, str]]:
+    root = make_project(tmp_path_factory.mktemp("serial") / "proj", corpus_rows, TINY_PARAMS)
+    dvc(root, "repro", *TARGETS)
+    return out_hashes(root)
+
+
+# ---------------------------------------------------------------- the same record as dvc repro, per engine
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", [["local"], ["ray"], ["submitit", "--cluster", "local"]], ids=lambda e: e[0])
+def test_launch_leaves_what_a_serial_dvc_repro_leaves(engine, serial, tmp_path, corpus_rows):
+    pytest.importorskip(engine[0]) if engine[0] != "local" else None
+    root = make_project(tmp_path / "proj", corpus_rows, TINY_PARAMS)
+    proc = launch(root, "--engine", *engine, "--jobs", "2", *TARGETS)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    s = summary_of(proc)
+    assert set(s["launched"]) == ITEMS, s              # every item ran on the engine...
+    assert {"prepare", "tokenize", "base"} <= set(s["ran_here"]), s  # ...the stages they need, here, before them
+    assert s["failed"] == [] and s["final_dvc_repro"] == 0 and s["threads_per_job"] == 1
+    assert out_hashes(root) == serial                   # dvc.lock: the same output hashes
+    assert stale(root, *TARGETS) == {}                  # dvc status: clean
+    for item in ITEMS:
+        log = (root / "runs/launch" / f"{item}.log").read_text()
+        assert log.startswith(f"# {item}: python -m pipeline.")
+    run = json.loads((root / "runs/train/code.json").read_text())
+    assert run["torch_threads"] == 1
+
+    again = launch(root, "--engine", *engine, "--jobs", "2", *TARGETS)  # nothing stale: nothing launched
+    assert again.returncode == 0 and summary_of(again)["launched"] == [], again.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- a job killed mid-run
+
+
+def _find_job(name_part: str, timeout_s: float = 120.0) -> int:
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "pipeline.train" in cmd and name_part in cmd:
+                return p.info["pid"]
+        time.sleep(0.02)
+    raise AssertionError(f"no job of {name_part} started")
+
+
+@pytest.mark.slow
+def test_a_killed_job_is_named_the_others_are_recorded_and_the_rerun_trains_only_it(tmp_path, corpus_rows):
+    root = make_project(tmp_path / "proj", corpus_rows, TINY_PARAMS)
+    dvc(root, "repro", "base")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.launch", "--engine", "local", "--jobs", "2", "train"], cwd=root,
+                            env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.kill(_find_job("--out models/shards/prose"), signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1, out + err
+    s = json.loads(out.strip().splitlines()[-1])
+    assert [f["stage"] for f in s["failed"]] == ["train@prose"] and s["failed"][0]["log"] == "runs/launch/train@prose.log"
+    assert "FAILED train@prose: runs/launch/train@prose.log" in err
+    assert s["final_dvc_repro"] is None                   # no serial retry of the failed item
+    assert set(stale(root, "train")) == {"train@prose"}   # the others are recorded
+    assert not (root / "models/shards/prose").exists()    # nothing half-written
+
+    rerun = launch(root, "--engine", "local", "--jobs", "2", "train")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert summary_of(rerun)["launched"] == ["train@prose"]
+    assert stale(root, "train") == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_ctrl_c_cancels_the_jobs_and_leaves_nothing_half_written(engine, tmp_path, corpus_rows):
+    import psutil
+
+    if engine == "ray":
+        pytest.importorskip("ray")
+    root = make_project(tmp_path / "proj", corpus_rows, TINY_PARAMS)
+    dvc(root, "repro", "base")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.launch", "--engine", engine, "--jobs", "2", "train"], cwd=root,
+                            env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = psutil.Process(_find_job("pipeline.train"))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out + err
+    s = json.loads(out.strip().splitlines()[-1])
+    assert s["interrupted"] and s["cancelled"] and s["final_dvc_repro"] is None and s["failed"] == [], s
+    assert "interrupted: cancelling" in err
+    with pytest.raises(psutil.NoSuchProcess):
+        job.wait(timeout=30)
+        job.status()  # gone, not a zombie of a live parent
+    unrecorded = set(stale(root, "train"))
+    assert set(s["cancelled"]) <= unrecorded and set(s["launched"]) - set(s["cancelled"]) <= {"train@code", "train@prose", "train@legal"} - unrecorded
+    for item in unrecorded:  # an item that did not finish left no output, and no temporary
+        shard = item.split("@")[1]
+        assert not (root / "models/shards" / shard).exists()
+    assert not list((root / "models").rglob(".*.tmp-*")) and not list((root / "metrics").rglob(".*.tmp-*"))
+
+
+# ---------------------------------------------------------------- bad input: a clear error, nothing launched
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine", "slurm"], "invalid choice: 'slurm'"),
+    (["--jobs", "0"], "--jobs: 0: must be at least 1"),
+    (["--engine", "ray", "--address", f"127.0.0.1:{_closed_port()}"], "the Ray cluster does not answer"),
+    (["--engine", "submitit", "--cluster", "local", "--gpus-per-job", "1"], "--gpus-per-job 1: submitit's local executor has 0 CUDA device(s)"),
+    (["--jobs", "3"], "oversubscribe"),
+    (["--address", "127.0.0.1:6379"], "--address is a Ray cluster's"),
+    (["no_such_stage"], "stage 'no_such_stage'"),
+], ids=["engine", "jobs0", "ray-address", "submitit-gpu", "oversubscribe", "address-local", "stage"])
+def test_bad_input_is_a_clear_error_and_launches_nothing(project: Path, args, message):
+    if "ray" in args:
+        pytest.importorskip("ray")
+    if "submitit" in args:
+        pytest.importorskip("submitit")
+    if args == ["--jobs", "3"] and usable_cpus() >= 3:
+        pytest.skip("this machine has 3 cores or more")
+    if "--gpus-per-job" in args and engines.local_gpus():
+        pytest.skip("this machine has a GPU")
+    proc = launch(project, *args, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert not (project / "runs").exists() and not (project / "data").exists() and not (project / "dvc.lock").exists()
+
+
+def test_threads_share_and_params_threads(project: Path, tiny_params):
+    from pipeline.launch import parser, resources
+
+    args = parser().parse_args(["--jobs", "2"])
+    assert resources(args, 0, "cpu").threads == max(1, usable_cpus() // 2)  # threads: 0 -> each job's share
+    assert resources(args, 1, "cpu").share is False                                  # threads: 1 -> every job's 1
+    with pytest.raises(StageError, match="drop --threads 2"):
+        resources(parser().parse_args(["--jobs", "1", "--threads", "2"]), 1, "cpu")
+    with pytest.raises(StageError, match="set device: cuda"):
+        resources(parser().parse_args(["--engine", "ray", "--address", "h:1", "--gpus-per-job", "1"]), 0, "cuda:1")
+    assert resources(parser().parse_args(["--engine", "ray", "--address", "h:1"]), 0, "cuda").gpus == 1  # a GPU per job on a cluster
+
+
+def test_resolved_threads_takes_the_launchers_share_only_for_threads_0(monkeypatch):
+    monkeypatch.setenv("SHARDMIX_THREADS", "3")
+    assert resolved_threads(0) == 3 and resolved_threads(2) == 2
+    monkeypatch.setenv("SHARDMIX_THREADS", "zero")
+    with pytest.raises(StageError, match="SHARDMIX_THREADS='zero'"):
+        resolved_threads(0)
+    monkeypatch.delenv("SHARDMIX_THREADS")
+    assert resolved_threads(0) == usable_cpus()
+
+
+def test_a_missing_engine_names_its_extra(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: (_ for _ in ()).throw(ImportError(name)) if name in ("ray", "submitit") else real(name, *a))
+    with pytest.raises(StageError, match=r"pip install -e '\.\[ray\]'"):
+        engines.need("ray")
+    with pytest.raises(StageError, match=r"pip install -e '\.\[slurm\]'"):
+        engines.need("submitit")
+
+
+# ---------------------------------------------------------------- one job's process
+
+
+def test_run_job_returns_the_status_and_writes_the_log(tmp_path):
+    job = engines.Job("x@y", "echo out; echo err >&2; exit 3", str(tmp_path), str(tmp_path / "logs/x@y.log"), env={"V": "7"})
+    assert engines.run_job(job) == 3
+    assert (tmp_path / "logs/x@y.log").read_text().splitlines() == ["# x@y: echo out; echo err >&2; exit 3", "out", "err"]
+    assert engines.run_job(engines.Job("e", "test \"$V\" = 7", str(tmp_path), str(tmp_path / "e.log"), env={"V": "7"})) == 0
+
+
+def test_local_engine_runs_jobs_and_cancel_stops_them(tmp_path):
+    eng = engines.LocalEngine()
+    eng.submit(engines.Job("quick", "true", str(tmp_path), str(tmp_path / "q.log")))
+    eng.submit(engines.Job("slow", f"trap 'echo term > {tmp_path}/t; exit 143' TERM; sleep 60 & wait", str(tmp_path),
+                           str(tmp_path / "s.log")))
+    deadline = time.monotonic() + 30
+    ended = []
+    while not ended and time.monotonic() < deadline:
+        ended = eng.poll()
+        time.sleep(0.05)
+    assert [(j.name, status) for j, status, _ in ended] == [("quick", 0)] and eng.running() == ["slow"]
+    time.sleep(0.3)  # the trap is set
+    eng.cancel()
+    assert [(j.name, status) for j, status, _ in eng.poll()] == [("slow", 143)] and eng.running() == []
+    assert (tmp_path / "t").read_text() == "term\n"  # SIGTERM first: the job could clean up
