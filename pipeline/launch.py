@@ -234,13 +234,23 @@ class Launch:
             while self.engine.running():
                 time.sleep(POLL_S)
                 self.collect()
-        log.info("%s: not a foreach item; running it here: dvc repro --single-item %s", name, name)
+        path = self.logs / f"{name}.log"
+        log.info("%s: not a foreach item; running it here: dvc repro --single-item %s (log %s)", name, name, path.relative_to(self.root))
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", name], cwd=self.root)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", name], cwd=self.root, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                status = proc.wait()
+            except BaseException:  # interrupted: DVC stops its stage on SIGINT
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=60)
+                raise
         self.out.seconds[name] = round(time.monotonic() - t0, 1)
-        if proc.returncode:
-            self.out.failed.append({"stage": name, "status": proc.returncode, "log": "the output above (dvc repro)"})
-            log.error("%s failed (dvc repro exit %d)", name, proc.returncode)
+        if status:
+            self.out.failed.append({"stage": name, "status": status, "log": str(path.relative_to(self.root))})
+            log.error("%s failed (dvc repro exit %d); its log: %s", name, status, path.relative_to(self.root))
         else:
             self.out.here.append(name)
             self.done.add(name)

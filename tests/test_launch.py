@@ -21,7 +21,7 @@ import yaml
 
 from pipeline.lib import engines
 from pipeline.lib.runtime import StageError, resolved_threads, usable_cpus
-from tests.conftest import TINY_PARAMS, dvc, make_project, project_env
+from tests.conftest import TINY_PARAMS, dvc, edited_params, make_project, project_env
 
 TARGETS = ["evaluate"]
 ITEMS = {"train@code", "train@prose", "train@legal", "evaluate@code", "evaluate@prose", "evaluate@legal"}
@@ -77,6 +77,10 @@ def test_launch_leaves_what_a_serial_dvc_repro_leaves(engine, serial, tmp_path, 
 
     again = launch(root, "--engine", *engine, "--jobs", "2", *TARGETS)  # nothing stale: nothing launched
     assert again.returncode == 0 and summary_of(again)["launched"] == [], again.stderr[-3000:]
+    if engine == ["local"]:  # --force: the item trains again (no run-cache), bit-identical; its evaluation is then up to date
+        forced = launch(root, "--engine", "local", "--force", "train@code")
+        assert forced.returncode == 0 and summary_of(forced)["launched"] == ["train@code"], forced.stderr[-3000:]
+        assert out_hashes(root) == serial and stale(root, *TARGETS) == {}
 
 
 # ---------------------------------------------------------------- a job killed mid-run
@@ -144,6 +148,16 @@ def test_ctrl_c_cancels_the_jobs_and_leaves_nothing_half_written(engine, tmp_pat
         shard = item.split("@")[1]
         assert not (root / "models/shards" / shard).exists()
     assert not list((root / "models").rglob(".*.tmp-*")) and not list((root / "metrics").rglob(".*.tmp-*"))
+
+
+def test_a_failing_stage_run_here_stops_what_needs_it(project: Path):
+    with edited_params(project, lambda p: p["train"].update(lr=-1.0)):  # the check stage refuses it
+        proc = launch(project, "--engine", "local", "train", timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    s = summary_of(proc)
+    assert s["failed"] == [{"stage": "check", "status": 255, "log": "runs/launch/check.log"}] and s["launched"] == [], s
+    assert {"prepare", "train@code"} <= set(s["not_reached"]) and s["final_dvc_repro"] is None
+    assert "train.lr" in (project / "runs/launch/check.log").read_text()
 
 
 # ---------------------------------------------------------------- bad input: a clear error, nothing launched
