@@ -194,7 +194,8 @@ def test_bad_input_is_a_clear_error_and_launches_nothing(project: Path, args, me
 
 
 def test_threads_share_and_params_threads(project: Path, tiny_params):
-    from pipeline.launch import parser, resources
+    from pipeline.launch import parser
+    from pipeline.lib.resources import resources
 
     args = parser().parse_args(["--jobs", "2"])
     assert resources(args, 0, "cpu").threads == max(1, usable_cpus() // 2)  # threads: 0 -> each job's share
