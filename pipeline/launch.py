@@ -195,7 +195,8 @@ def launch(args) -> int:
     engine = make_engine(args, res, root)
     t0 = time.monotonic()
     run = Launch(root, pipe, engine, res, logs, args.force, on_this_machine(args))
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C and SIGTERM cancel the jobs, also where SIGINT came in ignored (a background job of a script)
+    previous = signal.signal(signal.SIGTERM, _interrupt), signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupted = False
     try:
         out = run.run()
@@ -206,7 +207,8 @@ def launch(args) -> int:
         engine.cancel()
         run.collect(cancelled=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
         engine.close()
         pipe.close()
     finished = None
