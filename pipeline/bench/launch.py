@@ -13,7 +13,7 @@ other, forced so that every item trains (no run-cache):
 
 Reports both wall times, their ratio, and the launch's per-item times. The clone is removed
 afterwards (``--keep`` keeps it). On the default params the stages are the 10 shard models and the
-20 truth models: about 35 minutes per arm on 2 cores. Commit first: the clone holds HEAD.
+20 truth models: 26 and 21 minutes on 2 cores (docs/launch.md). Commit first: the clone holds HEAD.
 """
 
 from __future__ import annotations
