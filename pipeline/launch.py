@@ -39,7 +39,7 @@ from pipeline.lib.dvcrepo import Pipeline
 from pipeline.lib.engines import ENGINES, Engine, Job, LocalEngine, RayEngine, SubmititEngine, local_gpus
 from pipeline.lib.outputs import write_json
 from pipeline.lib.resources import Resources, check_flags, key_value, on_this_machine, params_of, positive, resources
-from pipeline.lib.runtime import THREADS_ENV, StageError, setup_logging, usable_cpus
+from pipeline.lib.runtime import THREADS_ENV, StageError, raise_interrupt, setup_logging, usable_cpus
 
 log = logging.getLogger("pipeline.launch")
 POLL_S = 0.5
@@ -196,7 +196,7 @@ def launch(args) -> int:
     t0 = time.monotonic()
     run = Launch(root, pipe, engine, res, logs, args.force, on_this_machine(args))
     # Ctrl-C and SIGTERM cancel the jobs, also where SIGINT came in ignored (a background job of a script)
-    previous = signal.signal(signal.SIGTERM, _interrupt), signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt), signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupted = False
     try:
         out = run.run()
@@ -227,10 +227,6 @@ def launch(args) -> int:
     if interrupted:
         return 130
     return 1 if out.failed else (finished or 0)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def parser() -> argparse.ArgumentParser:

@@ -37,7 +37,6 @@ class StageInfo:
     wdir: Path
     upstream: frozenset[str]  # the stages it reads outputs of, among those collected
     item: bool             # a ``foreach`` item: independent of its siblings
-    outs: tuple[str, ...]
 
 
 class Pipeline:
@@ -69,7 +68,7 @@ class Pipeline:
         for name, s in self._stages.items():
             ups = frozenset(u.addressing for u in graph.successors(s) if u.addressing in self._stages)
             cmd = s.cmd if isinstance(s.cmd, str) else " && ".join(s.cmd)
-            self.info[name] = StageInfo(name, cmd, Path(s.wdir), ups, "@" in name, tuple(str(o) for o in s.outs))
+            self.info[name] = StageInfo(name, cmd, Path(s.wdir), ups, "@" in name)
         self.order = _upstream_first(self.info)
 
     def stale(self, name: str) -> bool:

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.lib.runtime import StageError
+from pipeline.lib.runtime import StageError, raise_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def run_job(job: Job) -> int:
 
     What a Ray task or a submitit job executes. Cancelled (KeyboardInterrupt, SIGTERM), it stops the
     command first."""
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+    previous = signal.signal(signal.SIGTERM, raise_interrupt) if _main_thread() else None
     proc = start(job)
     try:
         while True:  # short waits: Ray delivers its cancellation (KeyboardInterrupt) between bytecodes, not inside waitpid
@@ -100,10 +100,6 @@ def run_job(job: Job) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def _main_thread() -> bool:

@@ -56,7 +56,7 @@ def run_stage(main: Callable[[argparse.Namespace, StageParams], None], parser: a
     if not sys.stderr.isatty():  # library progress bars garble DVC and CI logs; ours log instead
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    signal.signal(signal.SIGTERM, _terminate)  # clean up temporary outputs when killed, as on Ctrl-C
+    signal.signal(signal.SIGTERM, raise_interrupt)  # clean up temporary outputs when killed, as on Ctrl-C
     try:
         cfg = load(args.params, params)
         main(args, traced(cfg))
@@ -69,7 +69,8 @@ def run_stage(main: Callable[[argparse.Namespace, StageParams], None], parser: a
     return 0
 
 
-def _terminate(signum, frame):
+def raise_interrupt(signum, frame):
+    """A signal handler that makes SIGTERM (or any signal) a KeyboardInterrupt, as Ctrl-C is."""
     raise KeyboardInterrupt
 
 
