@@ -17,6 +17,11 @@ SM_INLINE void prefetch_ahead(const void* p) {
   _mm_prefetch(static_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0);
 }
 
+constexpr int kStaggerBytes = 512;
+SM_INLINE void prefetch_staggered(const void* p, int k) {
+  _mm_prefetch(static_cast<const char*>(p) + kPrefetchBytes / 2 + (k & 7) * kStaggerBytes, _MM_HINT_T0);
+}
+
 template <int G>
 SM_INLINE void merge_tile(const MergeArgs& a, int m0, int64_t i) {
   constexpr int U = V::U, W = V::W;
@@ -28,7 +33,7 @@ SM_INLINE void merge_tile(const MergeArgs& a, int m0, int64_t i) {
     switch (a.in_dtypes[k]) {
       case kFloat32: {
         const float* p = static_cast<const float*>(a.inputs[k]) + i;
-        for (int u = 0; u < U; ++u) prefetch_ahead(p + u * W);  // >= one per cache line
+        for (int u = 0; u < U; ++u) prefetch_staggered(p + u * W, k);  // >= one per cache line
         for (int u = 0; u < U; ++u) x[u] = V::load_f32(p + u * W);
         break;
       }
@@ -67,20 +72,43 @@ SM_INLINE void merge_tile(const MergeArgs& a, int m0, int64_t i) {
   }
 }
 
+template <int G>
+SM_INLINE void merge_tiles(const MergeArgs& a, int m0, int64_t lo, int64_t hi) {
+  constexpr int64_t T = V::U * V::W;
+  for (int64_t i = lo; i < hi; i += T) merge_tile<G>(a, m0, i);
+}
+
+// Outputs m0 .. m0 + g - 1 over whole tiles [lo, hi).
+SM_INLINE void merge_group(const MergeArgs& a, int m0, int64_t lo, int64_t hi) {
+  switch (std::min(4, a.M - m0)) {
+    case 4: merge_tiles<4>(a, m0, lo, hi); break;
+    case 3: merge_tiles<3>(a, m0, lo, hi); break;
+    case 2: merge_tiles<2>(a, m0, lo, hi); break;
+    default: merge_tiles<1>(a, m0, lo, hi); break;
+  }
+}
+
+// Up to 4 outputs: every tile computes all of them from one read of the inputs. More outputs go
+// block by block: over a block of kMultiBlock elements (K x 16 KiB of fp32 inputs, which stay in
+// L2) the groups of 4 outputs run one after the other, so the inputs come from memory once while
+// at most 4 output streams are written at a time (8 or more streaming-store streams per core
+// overflow its write-combining buffers: measured M = 8, K = 8 on SmolLM2-135M, one tile pass over
+// all 8 outputs ran at 9.3 GB/s, against 21 GB/s for M = 4).
+constexpr int64_t kMultiBlock = 4096;
+
 SM_INLINE void merge_range_simd(const MergeArgs& a, int64_t lo, int64_t hi) {
   constexpr int64_t T = V::U * V::W;
-  int64_t i = lo;
-  for (; i + T <= hi; i += T) {
-    int m0 = 0;
-    for (; m0 + 4 <= a.M; m0 += 4) merge_tile<4>(a, m0, i);
-    switch (a.M - m0) {
-      case 3: merge_tile<3>(a, m0, i); break;
-      case 2: merge_tile<2>(a, m0, i); break;
-      case 1: merge_tile<1>(a, m0, i); break;
-      default: break;
+  static_assert(kMultiBlock % T == 0, "a block holds whole tiles");
+  const int64_t full = lo + (hi - lo) / T * T;
+  if (a.M <= 4) {
+    merge_group(a, 0, lo, full);
+  } else {
+    for (int64_t b0 = lo; b0 < full; b0 += kMultiBlock) {
+      const int64_t b1 = std::min(full, b0 + kMultiBlock);
+      for (int m0 = 0; m0 < a.M; m0 += 4) merge_group(a, m0, b0, b1);
     }
   }
-  if (i < hi) merge_range_generic(a, i, hi);  // fewer than one tile left
+  if (full < hi) merge_range_generic(a, full, hi);  // fewer than one tile left
 }
 
 // The multi-dot over [lo, hi): blocks of kDotBlock elements. Each block of g is converted to fp64

@@ -6,10 +6,14 @@
 eval domain writes the merged model's token perplexity and bits-per-byte; each shard model alone
 and the seed are scored the same way, on the same windows, as references.
 
-One resident model (the seed, fp32, on params ``device``; the shards there too when they fit). For each mixture, :func:`pipeline.lib.merging.merge_into` writes the
-weighted average of the memory-mapped shard tensors into its parameters in place, and
-:func:`pipeline.lib.scoring.evaluate` scores it with the streaming cross-entropy; a shard alone is the
-merge with weight 1 on that shard. References are recomputed here rather than read from
+The seed, each shard alone and every mixture are weight rows over the K shards and the seed,
+scored M at a time by :func:`pipeline.lib.sweep.score_all` on params ``device``: each shard tensor
+is read once per group, from memory (RAM or the GPU's) when the checkpoints fit there, else from
+its memory-mapped file, and the merged models are scored with the streaming cross-entropy. ``mixtures.at_once``
+is M (``auto``: as many as fit in free memory); ``mixtures.stream: layers`` merges and runs one
+decoder block at a time instead of whole models (:mod:`pipeline.lib.layerstream`), for models
+larger than memory; the scores are the same either way, so neither setting is in the metrics'
+provenance (both go to the run record). References are recomputed here rather than read from
 ``metrics/eval/``: they then use exactly the windows and code path of the mixtures (also when
 ``mixtures.eval_tokens`` caps the eval sets) at the cost of K + 1 extra scorings.
 
@@ -146,15 +150,17 @@ def main(args, cfg: Params) -> None:
     log.info("proxy: %d mixtures (%d validation) of %d shards x %d eval domains (%d tokens each at most)", len(mixtures),
              len(validation), len(names), len(sets), max(e.predicted for e in sets))
     metrics = score_all(mixtures, {s: args.shards_dir / s for s in names}, args.base, sets, cfg.eval.batch_size,
-                        at_once=mcfg.at_once, place=place)
+                        at_once=mcfg.at_once, stream=mcfg.stream, place=place)
     for name, entry in metrics["mixtures"].items():
         entry["validation"] = name in validation
     cost = metrics.pop("cost")
-    metrics["made_by"] = made_by("proxy", mixtures=mcfg.model_dump(), eval=cfg.eval.model_dump(), **place.record())
+    metrics["made_by"] = made_by("proxy", mixtures=mcfg.model_dump(exclude=set(mcfg.EXECUTION)), eval=cfg.eval.model_dump(),
+                                 **place.record())
     write_outputs(metrics, args.out, args.plot)
     run.write(cost=cost, **place.facts())
-    log.info("proxy: %d mixtures in %.1fs (%.3fs merge + %.3fs eval per mixture); wrote %s and %s", cost["mixtures"],
-             cost["seconds"], cost["merge_s_per_mixture"], cost["eval_s_per_mixture"], args.out, args.plot)
+    log.info("proxy: %d models (%d mixtures) in %.1fs, %d at a time (%s): %.3fs merge + %.3fs eval per model; wrote %s and %s",
+             cost["models_scored"], cost["mixtures"], cost["seconds"], cost["at_once"], cost["stream"],
+             cost["merge_s_per_model"], cost["eval_s_per_model"], args.out, args.plot)
 
 
 def cli(argv: list[str] | None = None) -> int:

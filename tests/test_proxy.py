@@ -211,9 +211,38 @@ def _bad_ratio(root: Path) -> str:
     return "mixtures.explicit.mostly_code.ratios.1"
 
 
-@pytest.mark.parametrize("breakage", [_missing, _truncated, _other_architecture, _missing_tensor, _unknown_shard, _bad_ratio])
+def _at_once_too_large(root: Path, monkeypatch) -> str:
+    import pipeline.lib.device as device
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["mixtures"]["at_once"] = 3
+    write_params(root / "params.yaml", params)
+    monkeypatch.setattr(device, "host_free_bytes", lambda *a, **k: 100_000)  # 100 kB free
+    return "mixtures.at_once: 3 needs"
+
+
+def _not_layer_streamable(root: Path, monkeypatch) -> str:
+    from pipeline.lib import layerstream
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["mixtures"]["stream"] = "layers"
+    write_params(root / "params.yaml", params)
+    real = layerstream.skeleton
+
+    def no_layers(base):  # the seed's class without .layers, as a GPT-2 or Falcon has
+        model, depth = real(base)
+        model.model.blocks = model.model.layers
+        del model.model.layers
+        return model, depth
+
+    monkeypatch.setattr(layerstream, "skeleton", no_layers)
+    return "LlamaForCausalLM: layer streaming walks decoders whose base model has its blocks in .layers"
+
+
+@pytest.mark.parametrize("breakage", [_missing, _truncated, _other_architecture, _missing_tensor, _unknown_shard, _bad_ratio,
+                                      _at_once_too_large, _not_layer_streamable])
 def test_bad_input_is_a_clear_error_and_writes_nothing(proj: Path, monkeypatch, caplog, breakage):
-    expected = breakage(proj)
+    expected = breakage(proj, monkeypatch) if "monkeypatch" in inspect.signature(breakage).parameters else breakage(proj)
     assert run_proxy(proj, monkeypatch) == 2
     assert expected in caplog.text, caplog.text
     assert_no_outputs(proj)

@@ -69,8 +69,13 @@ def worker(method: str, spec: dict) -> dict:
     available_impls()  # load the C++ extension before measuring
     eset = _eval_set(spec)
     baseline = _status_mb("VmRSS")
-    if method in ("ours", "safe_open", "eval_only"):
+    extra: dict = {}
+    if method == "ours" and spec.get("stream") == "layers":
+        rows = _layers(spec, eset)
+    elif method in ("ours", "safe_open"):
         rows = _resident(method, spec, eset)
+    elif method == "eval_only":
+        rows, extra = _eval_only(spec, eset)
     elif method in ("naive", "mergekit", "mergekit_cli"):
         rows = _fresh_model(method, spec, eset)
     else:
@@ -78,15 +83,20 @@ def worker(method: str, spec: dict) -> dict:
     times, merge_s, eval_s, ppl = zip(*rows)
     med = statistics.median
     out = {"method": method, "s_per_mixture": med(times), "merge_s": med(merge_s), "eval_s": med(eval_s),
-           "all_s": list(times), "ppl": list(ppl), "peak_rss_mb": _status_mb("VmHWM"), "baseline_rss_mb": baseline}
+           "all_s": list(times), "ppl": list(ppl), "peak_rss_mb": _status_mb("VmHWM"), "baseline_rss_mb": baseline,
+           "at_once": spec.get("at_once", 1), "stream": spec.get("stream", "resident"),
+           "shards_resident": spec.get("shards_resident", False), **extra}
     if torch.cuda.is_available() and spec.get("device", "cpu") != "cpu":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
 def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, float]]:
-    """(total, merge, eval seconds, ppl) per mixture with one resident model merged in place."""
-    from pipeline.lib.merging import merge_into
+    """(total, merge, eval seconds, ppl) per mixture with resident models merged in place: M =
+    ``spec["at_once"]`` models merged per pass (a group's times shared by its mixtures)."""
+    import copy
+
+    from pipeline.lib.merging import merge_into, merge_many_into
     from pipeline.lib.models import load_model
     from pipeline.lib.pool import ShardPool
     from pipeline.lib.scoring import evaluate
@@ -96,21 +106,99 @@ def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, 
     seed, shards = Path(spec["seed"]), [Path(s) for s in spec["shards"]]
     model = load_model(seed).to(place.device)
     pool = ShardPool({p.name: p for p in shards}, seed=seed)
-    if method == "ours" and shards_fit(pool, place.device):
+    m = spec.get("at_once", 1)
+    # the proxy stage's policy (shards copied into memory when they fit), unless told to read the files
+    loaded = method == "ours" and spec.get("read") != "mapped" and shards_fit(pool, place.device, also=2 * 4 * _params(model))
+    if loaded:
         pool.load_to(place.device)
+    spec["shards_resident"] = loaded
+    models = [model] + [copy.deepcopy(model) for _ in range(m - 1)]
+    if m > 1:  # one group is all there is to time: warm the merge and the evaluation first (the median does it for M = 1)
+        merge_many_into(models[: len(spec["mixtures"][:m])], spec["mixtures"][:m], pool)
+        evaluate(model, [eset], spec["batch"], place=place)
     rows = []
-    for w in spec["mixtures"]:
+    for g in range(0, len(spec["mixtures"]), m):
+        group = spec["mixtures"][g : g + m]
         t0 = time.perf_counter()
         if method == "ours":
-            merge_into(model, w, pool)
-        elif method == "safe_open":
-            _merge_safe_open(model, w, shards)
+            merge_many_into(models[: len(group)], group, pool) if m > 1 else merge_into(model, group[0], pool)
+        else:
+            _merge_safe_open(model, group[0], shards)
         place.sync()
         t1 = time.perf_counter()
-        r = evaluate(model, [eset], spec["batch"], place=place)["bench"]
+        ppl = [evaluate(mdl, [eset], spec["batch"], place=place)["bench"]["ppl"] for mdl in models[: len(group)]]
         t2 = time.perf_counter()
-        rows.append((t2 - t0, t1 - t0, t2 - t1, r["ppl"]))
+        n = len(group)
+        rows += [((t2 - t0) / n, (t1 - t0) / n, (t2 - t1) / n, x) for x in ppl]
     return rows
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _layers(spec: dict, eset) -> list[tuple[float, float, float, float]]:
+    """The same with :class:`pipeline.lib.layerstream.LayerStream` (M = ``spec["at_once"]`` mixtures per group)."""
+    from pipeline.lib.layerstream import LayerStream
+    from pipeline.lib.pool import ShardPool
+
+    place = _place(spec)
+    seed, shards = Path(spec["seed"]), [Path(s) for s in spec["shards"]]
+    pool = ShardPool({p.name: p for p in shards}, seed=seed)
+    m = spec.get("at_once", 1)
+    stream = LayerStream(seed, pool, m, place)
+    stream.score(spec["mixtures"][:1], [eset], spec["batch"])  # warm-up, untimed (see _resident)
+    rows = []
+    for g in range(0, len(spec["mixtures"]), m):
+        group = spec["mixtures"][g : g + m]
+        before = dict(stream.seconds)
+        t0 = time.perf_counter()
+        scores = stream.score(group, [eset], spec["batch"])
+        t = time.perf_counter() - t0
+        n = len(group)
+        merge = (stream.seconds["merge"] - before["merge"]) / n
+        rows += [(t / n, merge, t / n - merge, sc["bench"]["ppl"]) for sc in scores]
+    return rows
+
+
+def _eval_only(spec: dict, eset) -> tuple[list[tuple[float, float, float, float]], dict]:
+    """The seed evaluated with no merging, once per mixture, and on the same windows and model, timed
+    round-robin with it: ``model(labels=)`` (full logits) and the GEMM peak of this machine
+    (``[tokens, hidden] x [hidden, intermediate]``, the shape of the model's largest matmuls)."""
+    import torch
+
+    from pipeline.lib.models import load_model
+    from pipeline.lib.scoring import evaluate
+
+    place = _place(spec)
+    model = load_model(Path(spec["seed"])).to(place.device)
+    cfg = model.config
+    tokens = eset.inputs.numel()
+    a = torch.randn(tokens, cfg.hidden_size, device=place.device)
+    b = torch.randn(cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size), device=place.device)
+    rows, labels, gemm = [], [], []
+    for _ in spec["mixtures"]:
+        t0 = time.perf_counter()
+        ppl = evaluate(model, [eset], spec["batch"], place=place)["bench"]["ppl"]
+        place.sync()
+        t1 = time.perf_counter()
+        _full_logits_nll(model, eset, spec["batch"], place.device)
+        place.sync()
+        t2 = time.perf_counter()
+        for _ in range(5):
+            torch.mm(a, b)
+        place.sync()
+        t3 = time.perf_counter()
+        rows.append((t1 - t0, 0.0, t1 - t0, ppl))
+        labels.append(t2 - t1)
+        gemm.append(2 * a.shape[0] * a.shape[1] * b.shape[1] * 5 / (t3 - t2) / 1e9)
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    # forward FLOPs: 2 per weight per token, the head's [vocab, hidden] product included (tied or not),
+    # the input embedding a lookup; attention scores and values: 4 x seq x hidden per layer and token
+    flops = 2 * tokens * (params - embed.numel() + head.numel()) + 4 * tokens * eset.seq_len * cfg.hidden_size * cfg.num_hidden_layers
+    return rows, {"labels_s": statistics.median(labels), "gemm_gflops": statistics.median(gemm), "eval_gflop": flops / 1e9}
 
 
 def _fresh_model(method: str, spec: dict, eset) -> list[tuple[float, float, float, float]]:

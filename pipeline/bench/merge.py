@@ -8,7 +8,10 @@ GB/s = (K inputs + 1 output) x bytes / seconds (for the triad: 3 arrays x 4 byte
 loop lives in the same C++ extension as the merge (same compiler, ISA and threads); ``triad_gbps``
 is the STREAM-like loop with ordinary stores, ``triad_nt_gbps`` the same with streaming stores.
 ``dot_gbps``: the multi-dot ``dots[k] = <g, x_k>`` over the same K inputs, (K + 1) x bytes read
-(the merge gradient's kernel; ``dot_over_triad`` against the plain triad).
+(the merge gradient's kernel; ``dot_over_triad`` against the plain triad). ``mmap_gbps``: the
+same merge as the proxy runs it, :func:`pipeline.lib.merging.merge_into` reading the K inputs
+from safetensors files (``.cache/bench_merge/``, page cache warm) through their memory maps,
+pages dropped after use; ``*_over_best_triad`` compare with the faster of the two triads.
 Last line printed: one JSON object (keys listed in issue 3, plus the ratios).
 
 ``--device cuda``: the same variants on the GPU (the CUDA kernel), timed with the device
@@ -29,6 +32,8 @@ import torch
 from pipeline import kernels
 from pipeline.bench import emit, interleaved_medians
 from pipeline.kernels import _ext
+from pipeline.lib.merging import merge_into
+from pipeline.lib.pool import ShardPool
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,36 @@ def _check_dot(xs: list, g: torch.Tensor, impl: str) -> float:
     return err
 
 
-def _variants(ops, k: int, numel: int, multi_m: int) -> dict:
+class _Flat(torch.nn.Module):
+    """A model of one flat parameter ``w``: what :func:`pipeline.lib.merging.merge_into` writes for the mmap arm."""
+
+    def __init__(self, numel: int):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(numel), requires_grad=False)
+
+
+def _shard_files(xs: list, root: Path) -> list[Path]:
+    """The inputs as one-tensor safetensors folders under ``root/<numel>/`` (written once per size:
+    the seeded inputs of one size are always the same), page cache warmed."""
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.bench._fixtures import warm
+
+    folders = []
+    for i, x in enumerate(xs):
+        d = root / str(x.numel()) / f"s{i}"
+        f = d / "model.safetensors"
+        if not f.exists() or not torch.equal(load_file(f)["w"][:4096], x[:4096]):
+            d.mkdir(parents=True, exist_ok=True)
+            save_file({"w": x}, str(f) + ".tmp")
+            (d / "config.json").write_text('{"model_type": "bench"}\n')
+            os.replace(str(f) + ".tmp", f)
+        folders.append(d)
+    warm([d / "model.safetensors" for d in folders])
+    return folders
+
+
+def _variants(ops, k: int, numel: int, multi_m: int, pool_root: Path | None = None) -> dict:
     """The timed callables over the same seeded inputs; the fused one checked against the reference."""
     gen = torch.Generator().manual_seed(0)
     log.info("allocating %d x %d fp32 inputs (%.2f GiB)", k, numel, k * numel * 4 / 2**30)
@@ -74,7 +108,7 @@ def _variants(ops, k: int, numel: int, multi_m: int) -> dict:
         raise RuntimeError(f"fused merge differs from the reference by {float((out - expect).abs().max())}")
     g = torch.rand(numel, generator=gen) - 0.5
     _check_dot(xs, g, "cpu")
-    return {
+    fns = {
         "fused": fused,
         "dot": lambda: kernels.multi_dot(xs, g, impl="cpu"),
         "fused_bf16": lambda: kernels.weighted_sum(xs_bf16, weights, out, impl="cpu"),
@@ -84,6 +118,14 @@ def _variants(ops, k: int, numel: int, multi_m: int) -> dict:
         "triad_nt": lambda: ops.triad_(out, xs[0], xs[1], 0.5, True),
         "naive": lambda: sum(w * x for w, x in zip(wl, xs)),
     }
+    if pool_root is not None:  # the same inputs as files: merge_into reads them through their memory maps
+        pool = ShardPool({d.name: d for d in _shard_files(xs, pool_root)})
+        flat = _Flat(numel)
+        fns["mmap"] = lambda: merge_into(flat, wl, pool)
+        fns["mmap"]()
+        if not torch.equal(flat.w.data, kernels.weighted_sum(xs, weights, impl="cpu")):
+            raise RuntimeError("merge_into from the memory-mapped files differs from the fused kernel on the same inputs")
+    return fns
 
 
 def _cuda_variants(k: int, numel: int, multi_m: int) -> dict:
@@ -151,7 +193,9 @@ def run_cuda(k: int, numel: int, multi_m: int, reps: int) -> dict:
 def run(k: int, numel: int, multi_m: int, reps: int) -> dict:
     """Measure every variant at K inputs of ``numel`` fp32 elements; return the figures."""
     ops = _ext.load_ops(raise_on_error=True)
-    fns = _variants(ops, k, numel, multi_m)
+    from pipeline.bench._fixtures import CACHE
+
+    fns = _variants(ops, k, numel, multi_m, pool_root=CACHE / "bench_merge")
     naive = {"naive": fns.pop("naive")}
     secs = interleaved_medians(fns, reps=reps)
     secs.update(interleaved_medians(naive, reps=max(1, reps // 2)))
@@ -170,6 +214,7 @@ def run(k: int, numel: int, multi_m: int, reps: int) -> dict:
         "triad_gbps": gbps(3 * 4 * numel, secs["triad"]),
         "triad_nt_gbps": gbps(3 * 4 * numel, secs["triad_nt"]),
         "dot_gbps": gbps(fp32_bytes, secs["dot"]),
+        "mmap_gbps": gbps(fp32_bytes, secs["mmap"]),
         "bf16_in_dtype": "bfloat16",
         "bf16_out_dtype": "float32",
         "bf16_fused_gbps": gbps((k * 2 + 4) * numel, secs["fused_bf16"]),
@@ -180,8 +225,11 @@ def run(k: int, numel: int, multi_m: int, reps: int) -> dict:
         "loadavg_1m": round(os.getloadavg()[0], 2),  # other work on the machine during the run
     }
     res["fused_over_triad"] = res["fused_gbps"] / res["triad_gbps"]
+    best_triad = max(res["triad_gbps"], res["triad_nt_gbps"])
+    res["fused_over_best_triad"] = res["fused_gbps"] / best_triad
+    res["mmap_over_best_triad"] = res["mmap_gbps"] / best_triad
     res["dot_over_triad"] = res["dot_gbps"] / res["triad_gbps"]
-    res["dot_over_best_triad"] = res["dot_gbps"] / max(res["triad_gbps"], res["triad_nt_gbps"])
+    res["dot_over_best_triad"] = res["dot_gbps"] / best_triad
     res["fused_over_torch_chain"] = res["fused_gbps"] / res["torch_chain_gbps"]
     res["fused_over_naive"] = res["fused_gbps"] / res["naive_gbps"]
     res["bf16_over_triad"] = res["bf16_fused_gbps"] / res["triad_gbps"]

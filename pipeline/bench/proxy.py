@@ -23,6 +23,22 @@ windows of real text, each method in its own subprocess (peak RSS = that process
   instead of zero-copy ``torch.frombuffer`` views over ``mmap`` (the read-path comparison).
 - ``eval_only``: the resident model evaluated with no merging: the floor for time and memory.
 
+``ours`` and the RSS runs read the shards from their memory-mapped files (``read: mapped``);
+``resident_m1`` and the M runs below follow the proxy stage's policy, which copies the shards into
+memory once when they fit (``shards_resident`` in each worker's result).
+M mixtures per pass (``s_per_mixture_by_m``): ours with M = 8, 16, 32 resident models merged per
+pass over the shards (where M models beside the shards and their cached pages fit in memory) and
+layer-streamed (``stream: layers``, :mod:`pipeline.lib.layerstream`) at the same M. The machine's
+limit for M (``limit_s_by_m``) = the evaluation alone + (K / M + 1) x model bytes / the best triad
+bandwidth, both measured in this run (the triad in this process before the workers start);
+``over_limit_m8`` = ours at M = 8 over it. ``eval_only`` also times ``model(labels=)`` on the
+same model and windows (``eval_over_labels``) and a ``[tokens, hidden] x [hidden, intermediate]``
+GEMM (``gemm_gflops``, this machine's matmul peak now): ``eval_gemm_fraction`` is the evaluation's
+forward FLOPs per second over it. Peak RSS of layer-streamed and resident at M = 16 against
+``1.3 x model + eval batch`` (``rss_m16_*``), and its time against resident at M = 16 with the
+shards in memory (``layers_over_resident_m16``) and read from the mapped files as layer streaming
+reads them (``layers_over_resident_mapped_m16``).
+
 Ours also runs at K = 2 and 16 (RSS bound: ``peak - baseline <= 1.5 x model_mb + eval batch``,
 where baseline = the interpreter with torch/transformers imported and eval batch = eval_only's
 peak minus baseline minus model). ``--stage`` also measures the proxy stage itself on a
@@ -43,9 +59,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from pipeline.bench._fixtures import CACHE, REPO, ensure_eval_tokens, ensure_shards, ensure_smollm2, random_llama, tiny_seed, warm
+from pipeline.bench._proxy_summary import MULTI_M, round_or_none, summarise, summarise_multi, triad_gbps
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +112,13 @@ def stage_cost(root: Path, mixtures: int, domains: int, tokens_per_domain: list[
         sets = [EvalSet(f"d{i}", tf, 256) for i in range(domains)]
         m = score_all(mixes, dict(zip(names, shards)), seed, sets, 16)
         c = m["cost"]
-        per = c["s_per_mixture"]
+        per = c["s_per_model"]
         fixed = c["seconds"] - per * (len(mixes) + 11)  # the rest: model load, pool, references are counted in per
-        out[str(cap)] = {"s_per_mixture": per, "merge_s": c["merge_s_per_mixture"], "eval_s": c["eval_s_per_mixture"],
+        out[str(cap)] = {"s_per_mixture": per, "merge_s": c["merge_s_per_model"], "eval_s": c["eval_s_per_model"],
                          "tokens_per_mixture": sum(e.predicted for e in sets),
                          "projected_stage_s_60": round(max(0.0, fixed) + 8.0 + per * (60 + 11), 1)}
         log.info("stage at %d tokens/domain: %.2fs per mixture (merge %.3fs); 60 mixtures + 11 refs ~ %.0fs",
-                 cap, per, c["merge_s_per_mixture"], out[str(cap)]["projected_stage_s_60"])
+                 cap, per, c["merge_s_per_model"], out[str(cap)]["projected_stage_s_60"])
     return out
 
 
@@ -120,7 +136,9 @@ def _seed_key(seed: Path) -> str:
 def bench(args) -> dict:
     import random
 
+    from pipeline.lib.device import host_free_bytes
     from pipeline.lib.pool import Checkpoint
+    from pipeline.lib.sweep import MEMORY_SHARE
 
     root = CACHE / "bench_proxy"
     quick = args.quick
@@ -137,29 +155,40 @@ def bench(args) -> dict:
     all_shards = ensure_shards(seed, root / f"{key}-shards", max([k, *ks_rss]))
     tokens = ensure_eval_tokens(seed, root / f"{key}-tokens", windows, seq_len, real_text=args.seed is not None or not quick)
     params = sum(t.numel for t in Checkpoint(seed, "").tensors.values())  # tied weights are stored once
-    rng = random.Random(0)
 
-    def spec(kk: int) -> dict:
+    def spec(kk: int, count: int = m, **extra) -> dict:
+        rng = random.Random(kk)  # the same mixtures for every method (the first ``m`` of any count)
         mixtures = []
-        for _ in range(m):
+        for _ in range(count):
             g = [rng.gammavariate(1.0, 1.0) for _ in range(kk)]
             mixtures.append([x / sum(g) for x in g])
         return {"seed": str(seed), "shards": [str(p) for p in all_shards[:kk]], "tokens": str(tokens), "seq_len": seq_len,
                 "batch": batch, "mixtures": mixtures, "threads": args.threads, "scratch": str(root / "scratch"),
-                "device": args.device}
+                "device": args.device, **extra}
 
     warm([p / "model.safetensors" for p in all_shards[: max([k, *ks_rss])]] + [seed / "model.safetensors"])
-    methods = ["ours", "naive", "mergekit"] + ([] if quick else ["mergekit_cli", "safe_open", "eval_only"])
-    res = {meth: _run_method(meth, spec(k)) for meth in methods}
+    triad = triad_gbps(args.threads) if args.device == "cpu" else None
+    methods = ["ours", "naive", "mergekit"] + ([] if quick else ["mergekit_cli", "safe_open"]) + ["eval_only"]
+    res = {meth: _run_method(meth, spec(k, read="mapped")) for meth in methods}
+    multi = {"resident_m1": run_worker("ours", spec(k))}  # the stage's policy: shards in memory when they fit
+    for mm in (2, 4) if quick else MULTI_M:
+        if (mm + 2 * k) * 4 * params <= MEMORY_SHARE * host_free_bytes():  # M models, the shards and their cached pages
+            multi[f"resident_m{mm}"] = run_worker("ours", spec(k, count=mm, at_once=mm))
+        else:
+            multi[f"resident_m{mm}"] = {"error": f"{mm} resident models + {k} shards' pages do not fit in memory here"}
+        multi[f"layers_m{mm}"] = run_worker("ours", spec(k, count=mm, at_once=mm, stream="layers"))
+    mm = 4 if quick else 16  # resident reading the mapped files, as layer streaming does: like against like
+    multi[f"resident_mapped_m{mm}"] = run_worker("ours", spec(k, count=mm, at_once=mm, read="mapped"))
     by_k = {str(k): res["ours"].get("peak_rss_mb")}
     for kk in ks_rss:
-        by_k[str(kk)] = run_worker("ours", spec(kk)).get("peak_rss_mb")
+        by_k[str(kk)] = run_worker("ours", spec(kk, read="mapped")).get("peak_rss_mb")
     out = summarise(res, by_k, k=k, m=m, params=params, quick=quick, eval_tokens=windows * seq_len, threads=args.threads)
+    out |= summarise_multi(res, multi, k=k, params=params, triad=triad, ms=(2, 4) if quick else MULTI_M)
     if args.seed is not None:
         out["model"] = f"{seed} (shards = seed + 2% seeded noise)"
     out["device"] = args.device
     if args.device == "cuda":
-        out |= {f"{meth}_peak_gpu_mb": _r(r.get("peak_gpu_mb"), 0) for meth, r in res.items()}
+        out |= {f"{meth}_peak_gpu_mb": round_or_none(r.get("peak_gpu_mb"), 0) for meth, r in res.items()}
     if args.stage:
         out["stage"] = stage_cost(root, args.stage_mixtures, 12, [16384, 4096], args.threads)
     return out
@@ -172,58 +201,6 @@ def _run_method(meth: str, spec: dict) -> dict:
         except ImportError as e:
             return {"error": f"mergekit cannot be imported ({e}); pip install mergekit --no-deps + its needs"}
     return run_worker(meth, spec)
-
-
-def summarise(res: dict, by_k: dict, *, k: int, m: int, params: int, quick: bool, eval_tokens: int, threads: int) -> dict:
-    """The benchmark's figures from the workers' results: times, speed-ups, RSS and its bound."""
-    model_mb = params * 4 / 2**20
-    ours, naive, mk = res["ours"], res["naive"], res["mergekit"]
-    ppl_ref = ours.get("ppl")
-    agree = {meth: max(abs(a / b - 1) for a, b in zip(r["ppl"], ppl_ref)) for meth, r in res.items() if "ppl" in r and ppl_ref}
-    out: dict[str, Any] = {
-        "K": k, "M": m, "params_m": round(params / 1e6, 2), "model_mb": round(model_mb, 1),
-        "model": "tiny random Llama" if quick else "SmolLM2-135M fp32 (shards = seed + 2% seeded noise)",
-        "eval_tokens_per_mixture": eval_tokens, "threads": threads,
-        "ours_s_per_mixture": _r(ours.get("s_per_mixture")), "ours_merge_s": _r(ours.get("merge_s")), "ours_eval_s": _r(ours.get("eval_s")),
-        "naive_s_per_mixture": _r(naive.get("s_per_mixture")), "naive_merge_s": _r(naive.get("merge_s")), "naive_eval_s": _r(naive.get("eval_s")),
-        "mergekit_s_per_mixture": _r(mk.get("s_per_mixture")), "mergekit_merge_s": _r(mk.get("merge_s")), "mergekit_eval_s": _r(mk.get("eval_s")),
-        "mergekit_error": mk.get("error"),
-        "ours_peak_rss_mb": _r(ours.get("peak_rss_mb"), 0), "naive_peak_rss_mb": _r(naive.get("peak_rss_mb"), 0),
-        "mergekit_peak_rss_mb": _r(mk.get("peak_rss_mb"), 0), "baseline_rss_mb": _r(ours.get("baseline_rss_mb"), 0),
-        "ours_peak_rss_mb_by_k": {kk: _r(v, 0) for kk, v in sorted(by_k.items(), key=lambda kv: int(kv[0]))},
-        "max_ppl_rel_diff_vs_ours": {meth: float(f"{v:.2e}") for meth, v in agree.items()},
-    }
-    if ours.get("s_per_mixture"):
-        for meth in ("naive", "mergekit"):
-            if res[meth].get("s_per_mixture"):
-                out[f"speedup_vs_{meth}"] = round(res[meth]["s_per_mixture"] / ours["s_per_mixture"], 2)
-                out[f"merge_speedup_vs_{meth}"] = round(res[meth]["merge_s"] / max(ours["merge_s"], 1e-9), 1)
-        # Amdahl: every method runs the same evaluation, so no merge, however fast, can beat
-        # (their seconds per mixture) / (our evaluation alone) at this eval size.
-        for meth in ("naive", "mergekit"):
-            if res[meth].get("s_per_mixture") and ours.get("eval_s"):
-                out[f"ceiling_speedup_vs_{meth}"] = round(res[meth]["s_per_mixture"] / ours["eval_s"], 2)
-        out["eval_share_of_ours"] = round(ours["eval_s"] / ours["s_per_mixture"], 3)
-    if "mergekit_cli" in res:
-        cli = res["mergekit_cli"]
-        out["mergekit_cli_s_per_mixture"] = _r(cli.get("s_per_mixture"))
-        if cli.get("s_per_mixture") and ours.get("s_per_mixture"):
-            out["speedup_vs_mergekit_cli"] = round(cli["s_per_mixture"] / ours["s_per_mixture"], 2)
-    for meth in ("safe_open", "eval_only"):
-        if meth in res and "peak_rss_mb" in res[meth]:
-            out[f"{meth}_merge_s"] = _r(res[meth]["merge_s"])
-            out[f"{meth}_peak_rss_mb"] = _r(res[meth]["peak_rss_mb"], 0)
-    if "eval_only" in res and "peak_rss_mb" in res["eval_only"]:
-        eval_batch = res["eval_only"]["peak_rss_mb"] - res["eval_only"]["baseline_rss_mb"] - model_mb
-        bound = 1.5 * model_mb + max(0.0, eval_batch)
-        out["eval_batch_mb"] = _r(eval_batch, 0)
-        out["rss_bound_mb"] = _r(bound, 0)
-        out["rss_bound_ok"] = all(v is not None and v - ours["baseline_rss_mb"] <= bound for v in by_k.values())
-    return out
-
-
-def _r(x: float | None, nd: int = 3) -> float | None:
-    return None if x is None else round(x, nd)
 
 
 def write_csv(row: dict, quick: bool) -> Path:

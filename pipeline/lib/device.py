@@ -57,6 +57,13 @@ class Placement:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def free_bytes(self) -> int:
+        """Memory this process can still take where its models live: the GPU's free memory, or on
+        the CPU ``MemAvailable`` capped by the cgroup's limit (a Slurm job, a container)."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.mem_get_info(self.device)[0])
+        return host_free_bytes()
+
     def for_saving(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` cast to ``save_dtype`` (in place; the model is not trained further after this)."""
         return model.to(getattr(torch, self.save_dtype))
@@ -81,6 +88,46 @@ class Placement:
 
 
 CPU = Placement(torch.device("cpu"))
+
+
+def host_free_bytes(meminfo: Path = Path("/proc/meminfo"), cgroups: Path = Path("/proc/self/cgroup"),
+                    root: Path = Path("/sys/fs/cgroup")) -> int:
+    """``MemAvailable`` of the host, or less when this process's memory cgroup (v2 ``memory.max``,
+    v1 ``memory.limit_in_bytes``: a Slurm job, a container) has less left under its limit.
+
+    Off Linux (no /proc/meminfo): what ``os.sysconf`` says is free.
+    """
+    try:
+        free = next(int(line.split()[1]) * 1024 for line in meminfo.read_text().splitlines() if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return max(0, min(free, _cgroup_room(cgroups, root)))
+
+
+def _cgroup_room(cgroups: Path, root: Path) -> int:
+    """Bytes left under this process's memory cgroup limit (a huge number when there is none)."""
+    unlimited = 1 << 62
+    try:
+        lines = cgroups.read_text().splitlines()
+    except OSError:
+        return unlimited
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2
+            folder, limit_file, used_file = root / path.lstrip("/"), "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):  # v1
+            folder, limit_file, used_file = root / "memory" / path.lstrip("/"), "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        try:
+            limit = (folder / limit_file).read_text().strip()
+            if limit != "max" and int(limit) < unlimited:
+                return int(limit) - int((folder / used_file).read_text())
+        except (OSError, ValueError):
+            continue
+    return unlimited
 
 
 def resolve_device(name: str, params: str | Path = "params.yaml") -> torch.device:

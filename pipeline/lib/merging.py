@@ -7,8 +7,10 @@ tensor and chunk by chunk, straight from the memory-mapped shard files of a
 weight 0 are never read. A parameter shared by several names (tied input/output embeddings) is
 written once; buffers are never touched, so they stay as the resident (seed) model has them.
 :func:`merge_many_into` does the same for M models and M weight vectors at once, reading each
-shard tensor once. Shard tensors on another device than the models (memory-mapped files for a model
-on the GPU) are copied over chunk by chunk; a pool resident on the models' device is read in place.
+shard tensor once; :func:`merge_tensors` for any M lists of ``(checkpoint name, tensor)`` targets
+(layer-streamed evaluation merges one decoder block of M mixtures at a time with it). Shard
+tensors on another device than the models (memory-mapped files for a model on the GPU) are copied
+over chunk by chunk; a pool resident on the models' device is read in place.
 """
 
 from __future__ import annotations
@@ -30,6 +32,22 @@ CHUNK_BYTES = 64 << 20  # shard bytes read per fused-kernel call (bounds residen
 CHUNK_ALIGN = 4096
 
 
+def check_target(pool: ShardPool, src: str, p: torch.Tensor) -> None:
+    """Raise StageError unless ``p`` can receive the merge of checkpoint tensor ``src``: same shape,
+    a float dtype the kernels write, contiguous."""
+    ref = pool.reference.folder
+    if src not in pool:
+        raise StageError(f"tensor {src} is in no checkpoint of {ref}: the model must be made from the seed folder the "
+                         f"shards were trained from")
+    info = pool.info(src)
+    if tuple(p.shape) != info.shape:
+        raise StageError(f"parameter {src}: {list(p.shape)} in the resident model but {list(info.shape)} in {info.file}: "
+                         f"the resident model must be loaded from the seed folder {ref}")
+    if p.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not p.is_contiguous():
+        raise StageError(f"parameter {src} is {p.dtype}{'' if p.is_contiguous() else ', not contiguous'}: "
+                         f"load the resident model in float32 (pipeline.lib.models.load_model)")
+
+
 def merge_plan(model: torch.nn.Module, pool: ShardPool) -> list[tuple[str, torch.Tensor]]:
     """``(checkpoint tensor name, parameter)`` for every distinct parameter of ``model``.
 
@@ -42,22 +60,14 @@ def merge_plan(model: torch.nn.Module, pool: ShardPool) -> list[tuple[str, torch
     for n, p in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(p), []).append(n)
         params[id(p)] = p
-    ref = pool.reference.folder
     plan = []
     for pid, ns in names.items():
         src = next((n for n in ns if n in pool), None)
-        p = params[pid]
         if src is None:
-            raise StageError(f"parameter {ns[0]} of the resident model is in no checkpoint of {ref}: the resident model "
-                             f"must be loaded from the seed folder the shards were trained from")
-        info = pool.info(src)
-        if tuple(p.shape) != info.shape:
-            raise StageError(f"parameter {src}: {list(p.shape)} in the resident model but {list(info.shape)} in {info.file}: "
-                             f"the resident model must be loaded from the seed folder {ref}")
-        if p.dtype not in (torch.float32, torch.bfloat16, torch.float16) or not p.is_contiguous():
-            raise StageError(f"parameter {src} is {p.dtype}{'' if p.is_contiguous() else ', not contiguous'}: "
-                             f"load the resident model in float32 (pipeline.lib.models.load_model)")
-        plan.append((src, p))
+            raise StageError(f"parameter {ns[0]} of the resident model is in no checkpoint of {pool.reference.folder}: the "
+                             f"resident model must be loaded from the seed folder the shards were trained from")
+        check_target(pool, src, params[pid])
+        plan.append((src, params[pid]))
     return plan
 
 
@@ -78,16 +88,29 @@ def merge_many_into(models: Sequence[torch.nn.Module], weights: Sequence[Sequenc
 
     The models must be distinct objects with the same architecture as the pool's checkpoints.
     """
+    merge_tensors([merge_plan(m, pool) for m in models], weights, pool, impl=impl, chunk_bytes=chunk_bytes)
+
+
+def merge_tensors(plans: Sequence[Sequence[tuple[str, torch.Tensor]]], weights: Sequence[Sequence[float]],
+                  pool: ShardPool, *, impl: str = "auto", chunk_bytes: int = CHUNK_BYTES) -> None:
+    """Write ``sum_k weights[m][k] * pool[k][src]`` into ``dst`` for every ``(src, dst)`` of ``plans[m]``.
+
+    ``plans`` holds one list per weight row, the same checkpoint names in the same order (the
+    targets differ: M models, or M copies of one decoder block); see :func:`merge_plan` and
+    :func:`check_target`. Each shard tensor is read once for all M rows, chunk by chunk, and its
+    mapped pages are dropped after use.
+    """
     w = torch.as_tensor([list(map(float, row)) for row in weights], dtype=torch.float64)
-    if w.dim() != 2 or w.shape[0] != len(models) or w.shape[1] != len(pool):
-        raise ValueError(f"weights must be [{len(models)} models, {len(pool)} shards], got {list(w.shape)}")
+    if w.dim() != 2 or w.shape[0] != len(plans) or w.shape[1] != len(pool):
+        raise ValueError(f"weights must be [{len(plans)} models, {len(pool)} shards], got {list(w.shape)}")
     if not torch.isfinite(w).all():
         raise ValueError(f"weights must be finite, got {w.tolist()}")
+    if any([n for n, _ in plan] != [n for n, _ in plans[0]] for plan in plans):
+        raise ValueError("every plan must list the same checkpoint tensors in the same order")
     ks = [k for k in range(len(pool)) if bool((w[:, k] != 0).any())]  # shards nobody uses are never read
     w = w[:, ks].to(torch.float32)
-    plans = [merge_plan(m, pool) for m in models]
     with torch.no_grad():
-        for i, (src, _) in enumerate(plans[0]):
+        for i, (src, _) in enumerate(plans[0] if plans else []):
             outs = [plan[i][1].data.view(-1) for plan in plans]
             if not ks:
                 for o in outs:

@@ -113,13 +113,18 @@ def evaluate(model, eval_sets: list[EvalSet], batch_size: int, impl: str = "auto
         assert count == e.predicted, (count, e.predicted)
         if per_token is not None:
             per_token[e.domain] = torch.cat(parts).cpu().numpy().astype(np.float32)
-        out[e.domain] = {
-            "ppl": math.exp(nats / count),
-            "bpb": nats / (math.log(2) * e.bytes),
-            "nll": nats / count,
-            "tokens": count,
-            "bytes": e.bytes,
-        }
+        out[e.domain] = domain_scores(e, nats, count)
     if bar is not None:
         bar.close()
     return out
+
+
+def domain_scores(e: EvalSet, nats: float, count: int) -> dict:
+    """Perplexity, bits-per-byte and mean NLL from a domain's fp64 NLL sum over ``count`` tokens."""
+    return {"ppl": math.exp(nats / count), "bpb": nats / (math.log(2) * e.bytes), "nll": nats / count,
+            "tokens": count, "bytes": e.bytes}
+
+
+def batches(eval_sets: list[EvalSet], batch_size: int) -> list[tuple[int, slice]]:
+    """``(set index, window slice)`` of every batch, in the order :func:`evaluate` scores them."""
+    return [(i, slice(b, b + batch_size)) for i, e in enumerate(eval_sets) for b in range(0, len(e.inputs), batch_size)]

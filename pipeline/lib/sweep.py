@@ -1,15 +1,25 @@
 """Score many mixtures by merging: the seed, each shard alone, then every mixture, M at a time.
 
-One resident model (the seed, fp32; M - 1 copies of it when ``at_once`` = M > 1). For each group
-of mixtures, :func:`pipeline.lib.merging.merge_many_into` writes the weighted averages of the
-memory-mapped shard tensors into their parameters in place (each shard tensor read once per
-group), and :func:`pipeline.lib.scoring.evaluate` scores them with the streaming cross-entropy. A
-shard alone is the merge with weight 1 on that shard. Used by the proxy stage and its benchmark.
+Every model scored is a weight row over a pool of the K shards plus the seed (column K): the seed
+is the row with weight 1 on its column, a shard alone the row with 1 on its own, a mixture its
+weights (the one-hot merge is an exact copy, so references score as the checkpoints themselves).
+Rows go in groups of M (``at_once``), each shard tensor read once per group:
 
-On a GPU (a :class:`~pipeline.lib.device.Placement` on cuda) the resident models live in device
-memory, and so do the K shards when they fit beside them with room for evaluation
-(:func:`shards_fit`): the merge then reads device memory; otherwise it streams the memory-mapped
-files to the device chunk by chunk.
+- ``stream: resident``: M resident models (the seed, fp32, and M - 1 copies);
+  :func:`pipeline.lib.merging.merge_many_into` writes the group's averages into them and
+  :func:`pipeline.lib.scoring.evaluate` scores each with the streaming cross-entropy.
+- ``stream: layers``: :class:`pipeline.lib.layerstream.LayerStream` merges and runs one decoder
+  block at a time for the whole group: memory of a few blocks, whatever the depth; same scores.
+
+``at_once: auto`` takes the largest M whose models (or blocks and activations) fit in 80% of the
+memory that is free where they live (:meth:`Placement.free_bytes`), at most the number of rows;
+an explicit M that does not fit is a StageError naming the key.
+
+With ``stream: resident`` the pool's checkpoints are copied once into the models' memory (RAM, or
+the GPU's) when they fit there beside two models and the evaluation (:func:`shards_fit`): every
+pass then reads memory at the merge kernel's speed. Otherwise each pass reads the memory-mapped
+files (on a GPU, copied over chunk by chunk), whose pages are mapped and dropped again on every
+pass: 0.65x the kernel's speed on this machine's CPU (``python -m pipeline.bench merge``).
 """
 
 from __future__ import annotations
@@ -18,84 +28,156 @@ import copy
 import logging
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from pipeline.lib.device import CPU, Placement
+from pipeline.lib.device import CPU, Placement, host_free_bytes
+from pipeline.lib.layerstream import LayerStream
 from pipeline.lib.merging import merge_many_into
 from pipeline.lib.mixtures import Mixture
 from pipeline.lib.models import load_model
 from pipeline.lib.pool import ShardPool
-from pipeline.lib.runtime import progress
-from pipeline.lib.scoring import evaluate
+from pipeline.lib.runtime import StageError, progress
+from pipeline.lib.scoring import EvalSet, evaluate
 
 log = logging.getLogger(__name__)
 HEADROOM = 0.15  # share of the device's memory kept free for evaluation when the shards are made resident
+MEMORY_SHARE = 0.8  # share of the free memory at_once: auto fills
+SEED_COLUMN = "(seed)"  # the seed's name in the pool: cannot collide, shard names start with a letter or digit
 
 
 def _scores(result: dict[str, dict]) -> dict[str, dict[str, float]]:
     return {d: {"ppl": round(s["ppl"], 4), "bpb": round(s["bpb"], 5)} for d, s in result.items()}
 
 
-def shards_fit(pool: ShardPool, device: torch.device) -> bool:
-    """Whether ``pool``'s shards fit in ``device``'s free memory with :data:`HEADROOM` to spare (GPUs only)."""
-    if device.type != "cuda":
-        return False
-    free, total = torch.cuda.mem_get_info(device)
-    return pool.nbytes <= free - HEADROOM * total
+def shards_fit(pool: ShardPool, device: torch.device, also: int = 0) -> bool:
+    """Whether ``pool``'s checkpoints (plus ``also`` bytes) fit in ``device``'s free memory: on a
+    GPU with :data:`HEADROOM` of its memory to spare, on the CPU within :data:`MEMORY_SHARE` of
+    what is free (:func:`pipeline.lib.device.host_free_bytes`)."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        return pool.nbytes + also <= free - HEADROOM * total
+    return pool.nbytes + also <= MEMORY_SHARE * host_free_bytes()
 
 
-def score_all(mixtures: list[Mixture], shard_dirs: dict[str, Path], base: Path, sets: list, batch_size: int,
-              at_once: int = 1, impl: str = "auto", place: Placement = CPU) -> dict[str, Any]:
+def working_bytes(config, sets: list[EvalSet], batch_size: int) -> int:
+    """Rough peak of one evaluation batch beyond the weights: activations of one block (MLP, attention
+    scores) and the cross-entropy's tile, x2 for the allocator's slack."""
+    seq = max((e.seq_len for e in sets), default=1)
+    tokens = batch_size * seq
+    hidden = getattr(config, "hidden_size", 0)
+    inter = getattr(config, "intermediate_size", 4 * hidden)
+    heads = getattr(config, "num_attention_heads", 1)
+    return 2 * 4 * (tokens * (8 * hidden + 3 * inter) + batch_size * heads * seq * seq + 4096 * 2048)
+
+
+def resolve_at_once(at_once: int | str, rows: int, per_row: int, fixed: int, free: int, key: str = "mixtures.at_once") -> int:
+    """M for ``rows`` models: ``auto`` -> as many as fit in :data:`MEMORY_SHARE` of ``free`` bytes
+    (``fixed`` + M x ``per_row``), at least 1; an explicit M is capped at ``rows`` and must fit."""
+    budget = int(MEMORY_SHARE * free) - fixed
+    fit = max(0, budget // max(1, per_row))
+    gb = lambda b: f"{b / 1e9:.2f} GB"  # noqa: E731
+    if at_once == "auto":
+        m = max(1, min(rows, fit))
+        log.info("%s: auto -> %d (%s per model, %s free)%s", key, m, gb(per_row), gb(free),
+                 "" if m == rows else f"; {rows} would need {gb(fixed + rows * per_row)}")
+        return m
+    m = min(int(at_once), rows)
+    if m > max(1, fit):
+        raise StageError(f"{key}: {at_once} needs {gb(fixed + m * per_row)} ({m} x {gb(per_row)} + {gb(fixed)}) but "
+                         f"{gb(free)} is free here and {MEMORY_SHARE:.0%} of it may be used; set {key}: {max(1, fit)} "
+                         f"or lower, or auto")
+    return m
+
+
+def _rows(mixtures: list[Mixture], names: list[str]) -> list[tuple[str, list[float]]]:
+    """(name, weights over the K shards + the seed column) of the seed, each shard, every mixture."""
+    k = len(names)
+    rows = [(SEED_COLUMN, [0.0] * k + [1.0])]
+    rows += [(s, [float(j == i) for j in range(k)] + [0.0]) for i, s in enumerate(names)]
+    rows += [(m.name, [*m.vector(names), 0.0]) for m in mixtures]
+    return rows
+
+
+def score_all(mixtures: list[Mixture], shard_dirs: dict[str, Path], base: Path, sets: list[EvalSet], batch_size: int,
+              at_once: int | str = "auto", stream: str = "resident", impl: str = "auto", place: Placement = CPU,
+              key: str = "mixtures.at_once") -> dict[str, Any]:
     """Score the seed, each shard alone and every mixture on ``sets``; return the metrics dict.
 
-    Opens and validates the shard pool (StageError on a bad checkpoint) before scoring anything.
-    The timings are under ``"cost"``: the stage moves them to its run record, out of the metrics.
+    Opens and validates the pool (StageError on a bad checkpoint) before scoring anything. The
+    timings (per model scored: seed, shards and mixtures) and the M used are under ``"cost"``: the
+    stage moves them to its run record.
     """
     names = list(shard_dirs)
+    rows = _rows(mixtures, names)
     t_start = time.perf_counter()
-    with ShardPool(shard_dirs, seed=base) as pool:
-        model = load_model(base).to(place.device)
-        models = [model] + [copy.deepcopy(model) for _ in range(min(at_once, len(mixtures)) - 1)]
-        if shards_fit(pool, place.device):
-            pool.load_to(place.device)
-            log.info("proxy: the %d shards are resident on %s (%.2f GB)", len(pool), place.device, pool.nbytes / 1e9)
-        bar = progress(total=1 + len(names) + len(mixtures), desc="proxy", unit="model")
+    scores: dict[str, dict] = {}
+    with ShardPool({**shard_dirs, SEED_COLUMN: base}, seed=base) as pool:
+        if stream == "layers":
+            m, score_group, timer = _layers(pool, base, rows, sets, batch_size, at_once, impl, place, key)
+        else:
+            m, score_group, timer = _resident(pool, base, rows, sets, batch_size, at_once, impl, place, key)
+        bar = progress(total=len(rows), desc="proxy", unit="model")
         try:
-            seed = _scores(evaluate(model, sets, batch_size, impl=impl, place=place))
-            bar.update(1)
-            shards = {}
-            for k, s in enumerate(names):
-                merge_many_into([model], [[float(j == k) for j in range(len(names))]], pool, impl=impl)
-                shards[s] = {"shards": [s], "weights": [1.0], "k": 1,
-                             "eval": _scores(evaluate(model, sets, batch_size, impl=impl, place=place))}
-                bar.update(1)
-            out, t_merge, t_eval = {}, 0.0, 0.0
-            t_mix = time.perf_counter()
-            for g in range(0, len(mixtures), len(models)):
-                group = mixtures[g : g + len(models)]
-                t0 = time.perf_counter()
-                merge_many_into(models[: len(group)], [m.vector(names) for m in group], pool, impl=impl)
-                place.sync()
-                t1 = time.perf_counter()
-                for mix, mdl in zip(group, models):
-                    out[mix.name] = {"shards": list(mix.shards), "weights": [round(w, 6) for w in mix.weights], "k": mix.k,
-                                     "eval": _scores(evaluate(mdl, sets, batch_size, impl=impl, place=place))}
+            for g in range(0, len(rows), m):
+                group = rows[g : g + m]
+                for (name, _), result in zip(group, score_group([w for _, w in group])):
+                    scores[name] = _scores(result)
                     bar.update(1)
-                    bar.set_postfix(mixture=mix.name[:40], refresh=False)
-                t_merge, t_eval = t_merge + (t1 - t0), t_eval + (time.perf_counter() - t1)
+                    bar.set_postfix(model=name[:40], refresh=False)
         finally:
             bar.close()
-    n = max(1, len(mixtures))
+    n = len(rows)
+    merge_s, eval_s = timer()
     return {
-        "mixtures": out,
-        "shards": shards,
-        "seed": {"model": str(base), "eval": seed},
+        "mixtures": {mx.name: {"shards": list(mx.shards), "weights": [round(w, 6) for w in mx.weights], "k": mx.k,
+                               "eval": scores[mx.name]} for mx in mixtures},
+        "shards": {s: {"shards": [s], "weights": [1.0], "k": 1, "eval": scores[s]} for s in names},
+        "seed": {"model": str(base), "eval": scores[SEED_COLUMN]},
         "eval": {"domains": [e.domain for e in sets], "tokens": {e.domain: e.predicted for e in sets},
                  "bytes": {e.domain: e.bytes for e in sets}},
-        "cost": {"mixtures": len(mixtures), "models_scored": 1 + len(names) + len(mixtures),
-                 "merge_s_per_mixture": round(t_merge / n, 4), "eval_s_per_mixture": round(t_eval / n, 4),
-                 "s_per_mixture": round((time.perf_counter() - t_mix) / n, 4),
+        "cost": {"mixtures": len(mixtures), "models_scored": n, "at_once": m, "stream": stream,
+                 "merge_s_per_model": round(merge_s / n, 4), "eval_s_per_model": round(eval_s / n, 4),
+                 "s_per_model": round((time.perf_counter() - t_start) / n, 4),
                  "seconds": round(time.perf_counter() - t_start, 2)},
     }
+
+
+def _resident(pool, base, rows, sets, batch_size, at_once, impl, place, key):
+    """(M, score a group, (merge s, eval s)) with M whole resident models."""
+    model = load_model(base).to(place.device)
+    model_bytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values())
+    work = working_bytes(model.config, sets, batch_size)
+    if shards_fit(pool, place.device, also=model_bytes + work):  # room for the shards and at least M = 2
+        pool.load_to(place.device)
+        log.info("proxy: the %d checkpoints are resident on %s (%.2f GB)", len(pool), place.device, pool.nbytes / 1e9)
+    # the first model is loaded already: the free memory is for the other M - 1 (+ evaluation)
+    m = resolve_at_once(at_once, len(rows), model_bytes, work, place.free_bytes() + model_bytes, key)
+    models = [model] + [copy.deepcopy(model) for _ in range(m - 1)]
+    seconds = [0.0, 0.0]
+
+    def score_group(weights: list[list[float]]) -> Iterator[dict]:
+        t0 = time.perf_counter()
+        merge_many_into(models[: len(weights)], weights, pool, impl=impl)
+        place.sync()
+        seconds[0] += time.perf_counter() - t0
+        for mdl in models[: len(weights)]:  # each model's scores as soon as they are known (the progress bar)
+            t1 = time.perf_counter()
+            result = evaluate(mdl, sets, batch_size, impl=impl, place=place)
+            seconds[1] += time.perf_counter() - t1
+            yield result
+
+    return m, score_group, lambda: tuple(seconds)
+
+
+def _layers(pool, base, rows, sets, batch_size, at_once, impl, place, key):
+    """(M, score a group, (merge s, eval s)) with a :class:`LayerStream`."""
+    stream = LayerStream(base, pool, 1, place, impl)
+    block_bytes = sum(p.numel() * p.element_size() for p in stream.blocks[0].parameters())
+    acts = 4 * stream.model.config.hidden_size * sum(e.inputs.numel() for e in sets)  # one row's activations, fp32
+    work = working_bytes(stream.model.config, sets, batch_size)
+    m = resolve_at_once(at_once, len(rows), block_bytes + acts, work, place.free_bytes() + block_bytes, key)
+    stream.widen(m)
+    return m, lambda weights: stream.score(weights, sets, batch_size), lambda: (stream.seconds["merge"], stream.seconds["eval"])

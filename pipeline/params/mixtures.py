@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -81,7 +81,13 @@ class MixturesConfig(Section):
     subsets: list[SubsetSpec] = Field(default_factory=lambda: [SubsetSpec(k=2)], description="generated mixtures")
     shards: list[str] | None = Field(None, description="shards the subsets are drawn from (null = all, in params order)")
     eval_tokens: Annotated[int, Field(ge=1)] | None = Field(None, description="proxy scores use the first N tokens of each eval domain (null = all)")
-    at_once: Annotated[int, Field(ge=1)] = Field(1, description="mixtures merged per pass over the shard files (M resident models)")
+    at_once: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="models merged per pass over the shard files (M); auto: as many as fit in free memory")
+    stream: Literal["resident", "layers"] = Field(
+        "resident", description="resident: M whole merged models; layers: one decoder block at a time (any depth, a few blocks of memory)")
+
+    # how the scores are computed, not what they are: kept out of the metrics' provenance
+    EXECUTION: ClassVar[frozenset[str]] = frozenset({"at_once", "stream"})
 
     @field_validator("explicit")
     @classmethod

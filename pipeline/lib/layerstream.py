@@ -1,0 +1,277 @@
+"""Layer-streamed scoring: M merged mixtures evaluated one decoder block at a time, in the memory of a few blocks.
+
+The resident path (:mod:`pipeline.lib.sweep`) holds M whole merged models. :class:`LayerStream`
+holds one *skeleton* (the model built with a single decoder block: embeddings, that block, the final
+norm, the head) and M block buffers (the skeleton's block and M - 1 copies), so that a model of any
+depth is proxied in the memory of its embeddings and M blocks. For a group of M weight rows:
+
+1. Embeddings, row by row: the rows of the row's merged input embedding for the tokens the eval
+   sets hold (a few thousand of the vocabulary: :func:`compact_ids`) are merged into a small table
+   that stands in for the skeleton's embedding, and each eval batch (its token ids renumbered)
+   runs through the skeleton up to its block, where a forward pre-hook takes the block's input
+   (the embeddings as the model computes them, scaled where it scales them) and the keyword
+   arguments the model gives its blocks (attention mask, rotary position embeddings, position
+   ids), and stops the forward. Those arguments do not depend on the weights: they are kept once.
+2. Block by block: :func:`pipeline.lib.merging.merge_tensors` writes block i of all M rows into
+   the M buffers (each shard tensor read once for the group), and each row's activations go
+   through its buffer.
+3. The head, row by row: the merged final norm and output embedding (the input embedding again
+   for tied models) go into the skeleton; the final norm, then the streaming cross-entropy.
+
+Same kernels, same operations in the same order on the same batches as the resident path: the
+scores are the same (tested to 1e-6 relative; bit for bit where the hidden size is a multiple of
+the kernel's 16- or 32-element tile, as every model here: each merged element then goes through the
+same fused multiply-adds). Peak memory: skeleton +
+(M - 1) blocks + M x (eval tokens x hidden) activations + one batch's working memory.
+
+Walks decoders whose base model keeps its blocks in ``.layers`` (an ``nn.ModuleList`` of one
+block type, one attention type for all layers) with ``.norm`` after them and plain
+linear output embeddings: Llama, SmolLM2, Mistral, Qwen2 and their kind. Any other model is a
+StageError naming its class (:func:`walkable`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pipeline.kernels import linear_cross_entropy, multi_weighted_sum
+from pipeline.lib.device import CPU, Placement
+from pipeline.lib.merging import check_target, merge_tensors
+from pipeline.lib.runtime import StageError, progress
+from pipeline.lib.scoring import EvalSet, batches, domain_scores, streaming_supported
+from pipeline.lib.tokens import IGNORE
+
+if TYPE_CHECKING:
+    from pipeline.lib.pool import ShardPool
+
+log = logging.getLogger(__name__)
+
+FIX = "set mixtures.stream: resident (the whole merged model in memory)"
+
+
+class _Stop(Exception):
+    """Raised by the capture hook to end the skeleton's forward at its first block."""
+
+
+def skeleton(base: str | Path):
+    """The model of folder ``base`` built with ONE decoder block, fp32 on the CPU, and its depth.
+
+    Its weights are placeholders (the merge overwrites every parameter before use); buffers such
+    as rotary frequencies are computed from the config, as when the model is loaded.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(Path(base), local_files_only=True)
+    depth = getattr(config, "num_hidden_layers", None)
+    if not isinstance(depth, int) or depth < 1:
+        raise StageError(f"{base}/config.json: no num_hidden_layers; layer streaming needs a decoder of stacked blocks; {FIX}")
+    one = copy.deepcopy(config)
+    one.num_hidden_layers = 1
+    types = getattr(config, "layer_types", None)
+    if types:
+        if len(set(types)) > 1:
+            raise StageError(f"{base}: {config.architectures or type(config).__name__} mixes attention types "
+                             f"({sorted(set(types))}): layer streaming passes every block the same mask; {FIX}")
+        one.layer_types = list(types[:1])
+    model = AutoModelForCausalLM.from_config(one, dtype=torch.float32)
+    model.eval()
+    return model, depth
+
+
+def walkable(model) -> tuple[str, torch.nn.Module]:
+    """``(checkpoint prefix of the blocks, e.g. "model.layers", the first block)`` of a one-block
+    skeleton; StageError naming the model's class when layer streaming cannot walk it."""
+    cls = type(model).__name__
+    base = model.base_model
+    layers, norm = getattr(base, "layers", None), getattr(base, "norm", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) != 1 or not isinstance(norm, torch.nn.Module):
+        raise StageError(f"{cls}: layer streaming walks decoders whose base model has its blocks in .layers and a "
+                         f"final .norm (Llama, SmolLM2, Mistral, Qwen2, ...); {cls} has not; {FIX}")
+    if not isinstance(model.get_input_embeddings(), torch.nn.Embedding) or not streaming_supported(model):
+        raise StageError(f"{cls}: layer streaming needs an nn.Embedding input embedding and a plain linear output "
+                         f"embedding (no logit scaling or capping); {FIX}")
+    prefix = next(name for name, mod in model.named_modules() if mod is layers)
+    return prefix, layers[0]
+
+
+def compact_ids(sets: list[EvalSet], batch_list: list[tuple[int, slice]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The token ids the batches hold (sorted, unique) and each batch's inputs renumbered into them."""
+    inputs = [sets[i].inputs[sl] for i, sl in batch_list]
+    uniq, inverse = torch.unique(torch.cat([x.reshape(-1) for x in inputs]), return_inverse=True)
+    return uniq, list(inverse.split([x.numel() for x in inputs]))
+
+
+class LayerStream:
+    """Scores groups of up to ``at_once`` weight rows over ``pool`` layer by layer (module docstring).
+
+    ``pool`` holds the checkpoints the rows weight (shards, and the seed as a column when the
+    seed itself is scored); ``base`` is the seed folder whose config the skeleton is built from.
+    """
+
+    def __init__(self, base: str | Path, pool: ShardPool, at_once: int, place: Placement = CPU, impl: str = "auto"):
+        model, self.depth = skeleton(base)
+        self.prefix, block = walkable(model)
+        self.model = model.to(place.device)
+        self.place, self.impl, self.pool = place, impl, pool
+        block = self.model.base_model.layers[0]
+        self.blocks = [block] + [copy.deepcopy(block) for _ in range(at_once - 1)]
+        self.local = [n for n, _ in block.named_parameters()]
+        for i in range(self.depth):  # every block of the checkpoints, checked before anything is merged
+            for n, p in block.named_parameters():
+                check_target(pool, f"{self.prefix}.{i}.{n}", p)
+        if f"{self.prefix}.{self.depth}.{self.local[0]}" in pool:
+            raise StageError(f"{pool.reference.folder}: the checkpoints have more than the {self.depth} blocks its config.json "
+                             f"gives (num_hidden_layers); the config and the weights are of different models")
+        self.embed_plan, self.head_plan = self._outer_plans(pool)
+        self.seconds = {"merge": 0.0, "eval": 0.0}
+
+    def widen(self, at_once: int) -> None:
+        """Hold ``at_once`` block buffers (groups of up to that many rows)."""
+        self.blocks += [copy.deepcopy(self.blocks[0]) for _ in range(at_once - len(self.blocks))]
+
+    def _outer_plans(self, pool: ShardPool) -> tuple[list, list]:
+        """The skeleton's parameters outside its block: ``(embedding plan, final norm + head plan)``."""
+        m = self.model
+        embed = m.get_input_embeddings().weight
+        head = m.get_output_embeddings()
+        norm = {id(p) for p in m.base_model.norm.parameters()}
+        head_ids = {id(head.weight)} | ({id(head.bias)} if head.bias is not None else set())
+        block = f"{self.prefix}.0."
+        names: dict[int, list[str]] = {}
+        params: dict[int, torch.Tensor] = {}
+        for name, p in m.named_parameters(remove_duplicate=False):
+            if not name.startswith(block):
+                names.setdefault(id(p), []).append(name)
+                params[id(p)] = p
+        embed_plan, head_plan = [], []
+        for pid, ns in names.items():
+            p = params[pid]
+            src = next((n for n in ns if n in pool), ns[0])  # a tied pair is stored under one of its names
+            if p is embed or pid in norm or pid in head_ids:
+                check_target(pool, src, p)
+            else:
+                raise StageError(f"{type(m).__name__}: parameter {ns[0]} is outside the decoder blocks, the embeddings, the "
+                                 f"final norm and the head: layer streaming cannot place it; {FIX}")
+            if p is embed:
+                embed_plan.append((src, p))
+            if pid in norm or pid in head_ids:  # tied: the head reads the input embedding, merged again for it
+                head_plan.append((src, p))
+        return embed_plan, head_plan
+
+    def _merge(self, plans: list, rows: list[list[float]]) -> None:
+        t0 = time.perf_counter()
+        merge_tensors(plans, rows, self.pool, impl=self.impl)
+        self.place.sync()
+        self.seconds["merge"] += time.perf_counter() - t0
+
+    def _embedding_rows(self, w: list[float], ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of the input embedding merged with weights ``w``: the same kernel and inputs as
+        the whole table's merge, on the rows the eval sets need."""
+        t0 = time.perf_counter()
+        (src, table), = self.embed_plan
+        ks = [k for k, wk in enumerate(w) if wk != 0]
+        rows = torch.empty(len(ids), table.shape[1], dtype=table.dtype, device=table.device)
+        if ks:
+            views = [self.pool.view(k, src) for k in ks]
+            xs = [v.index_select(0, ids.to(v.device)).to(table.device) for v in views]
+            multi_weighted_sum(xs, [[float(w[k]) for k in ks]], [rows], impl=self.impl)
+            del views
+            self.pool.release(src, ks)
+        else:
+            rows.zero_()
+        self.place.sync()
+        self.seconds["merge"] += time.perf_counter() - t0
+        return rows
+
+    def _capture(self, sets: list[EvalSet], batch_list: list[tuple[int, slice]], ids: list[torch.Tensor],
+                 table: torch.Tensor, keep_kwargs: bool) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """The first block's input (and, when ``keep_kwargs``, its keyword arguments) for every batch,
+        with ``table`` as the input embedding and ``ids`` as each batch's token ids into it."""
+        got: dict[str, Any] = {}
+
+        def hook(module, args, kwargs):
+            got["args"], got["kwargs"] = args, kwargs
+            raise _Stop
+
+        hidden, kwargs = [], []
+        embedding = self.model.get_input_embeddings()
+        whole = embedding.weight  # also the head's weight when tied: put back below
+        embedding.weight = torch.nn.Parameter(table, requires_grad=False)
+        handle = self.model.base_model.layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            for (i, sl), x in zip(batch_list, ids):
+                e = sets[i]
+                kw = {"input_ids": self.place.put(x.view(e.inputs[sl].shape)), "position_ids": self.place.put(e.positions[sl]),
+                      "use_cache": False}
+                try:
+                    with self.place.autocast():
+                        self.model.base_model(**kw)
+                except _Stop:
+                    pass
+                args, kws = got.pop("args"), dict(got.pop("kwargs"))
+                hidden.append(args[0] if args else kws.pop("hidden_states"))
+                if keep_kwargs:
+                    kwargs.append(kws)
+        finally:
+            handle.remove()
+            embedding.weight = whole
+        return hidden, kwargs
+
+    @torch.no_grad()
+    def score(self, rows: list[list[float]], sets: list[EvalSet], batch_size: int) -> list[dict[str, dict]]:
+        """Scores of each weight row on ``sets`` (as :func:`pipeline.lib.scoring.evaluate` gives them)."""
+        if not 0 < len(rows) <= len(self.blocks):
+            raise ValueError(f"{len(rows)} rows for a stream of {len(self.blocks)} blocks")
+        batch_list = batches(sets, batch_size)
+        uniq, ids = compact_ids(sets, batch_list)
+        acts, kwargs = [], []
+        for r, w in enumerate(rows):
+            table = self._embedding_rows(w, uniq)
+            t0 = time.perf_counter()
+            hidden, kws = self._capture(sets, batch_list, ids, table, keep_kwargs=r == 0)
+            acts.append(hidden)
+            kwargs = kwargs or kws
+            self.seconds["eval"] += time.perf_counter() - t0
+        blocks = self.blocks[: len(rows)]
+        for i in progress(range(self.depth), desc=f"{len(rows)} mixtures, block by block", unit="block", leave=False):
+            self._merge([[(f"{self.prefix}.{i}.{n}", p) for n, p in b.named_parameters()] for b in blocks], rows)
+            t0 = time.perf_counter()
+            for r, b in enumerate(blocks):
+                with self.place.autocast():
+                    acts[r] = [_out(b(h, **kw)) for h, kw in zip(acts[r], kwargs)]
+            self.place.sync()
+            self.seconds["eval"] += time.perf_counter() - t0
+        out = []
+        for r, w in enumerate(rows):
+            self._merge([self.head_plan], [w])
+            t0 = time.perf_counter()
+            out.append(self._head(acts[r], sets, batch_list))
+            acts[r] = None
+            self.seconds["eval"] += time.perf_counter() - t0
+        return out
+
+    def _head(self, hidden: list[torch.Tensor], sets: list[EvalSet], batch_list: list[tuple[int, slice]]) -> dict[str, dict]:
+        """Final norm + streaming cross-entropy of one row's last activations, summed per eval set."""
+        head = self.model.get_output_embeddings()
+        nats = [0.0] * len(sets)
+        counts = [0] * len(sets)
+        for h, (i, sl) in zip(hidden, batch_list):
+            with self.place.autocast():
+                h = self.model.base_model.norm(h)
+            targets = self.place.put(sets[i].targets[sl]).reshape(-1)
+            res = linear_cross_entropy(h.reshape(-1, h.size(-1)), head.weight, targets, head.bias, ignore_index=IGNORE,
+                                       impl=self.impl)
+            nats[i] += res.total
+            counts[i] += int((targets != IGNORE).sum())
+        return {e.domain: domain_scores(e, nats[i], counts[i]) for i, e in enumerate(sets)}
+
+
+def _out(result) -> torch.Tensor:
+    """A block's hidden states, whether it returns them or a tuple that starts with them."""
+    return result[0] if isinstance(result, tuple) else result
