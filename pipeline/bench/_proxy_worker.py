@@ -97,7 +97,7 @@ def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, 
     import copy
 
     from pipeline.lib.merging import merge_into, merge_many_into
-    from pipeline.lib.models import load_model
+    from pipeline.lib.models import count_params, load_model
     from pipeline.lib.pool import ShardPool
     from pipeline.lib.scoring import evaluate
     from pipeline.lib.sweep import shards_fit
@@ -108,13 +108,14 @@ def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, 
     pool = ShardPool({p.name: p for p in shards}, seed=seed)
     m = spec.get("at_once", 1)
     # the proxy stage's policy (shards copied into memory when they fit), unless told to read the files
-    loaded = method == "ours" and spec.get("read") != "mapped" and shards_fit(pool, place.device, also=2 * 4 * _params(model))
+    loaded = method == "ours" and spec.get("read") != "mapped" and shards_fit(pool, place.device, also=2 * 4 * count_params(model))
     if loaded:
         pool.load_to(place.device)
     spec["shards_resident"] = loaded
     models = [model] + [copy.deepcopy(model) for _ in range(m - 1)]
     if m > 1:  # one group is all there is to time: warm the merge and the evaluation first (the median does it for M = 1)
-        merge_many_into(models[: len(spec["mixtures"][:m])], spec["mixtures"][:m], pool)
+        first = spec["mixtures"][:m]
+        merge_many_into(models[: len(first)], first, pool)
         evaluate(model, [eset], spec["batch"], place=place)
     rows = []
     for g in range(0, len(spec["mixtures"]), m):
@@ -131,10 +132,6 @@ def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, 
         n = len(group)
         rows += [((t2 - t0) / n, (t1 - t0) / n, (t2 - t1) / n, x) for x in ppl]
     return rows
-
-
-def _params(model) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def _layers(spec: dict, eset) -> list[tuple[float, float, float, float]]:
@@ -167,7 +164,7 @@ def _eval_only(spec: dict, eset) -> tuple[list[tuple[float, float, float, float]
     (``[tokens, hidden] x [hidden, intermediate]``, the shape of the model's largest matmuls)."""
     import torch
 
-    from pipeline.lib.models import load_model
+    from pipeline.lib.models import count_params, load_model
     from pipeline.lib.scoring import evaluate
 
     place = _place(spec)
@@ -194,7 +191,7 @@ def _eval_only(spec: dict, eset) -> tuple[list[tuple[float, float, float, float]
         gemm.append(2 * a.shape[0] * a.shape[1] * b.shape[1] * 5 / (t3 - t2) / 1e9)
     embed = model.get_input_embeddings().weight
     head = model.get_output_embeddings().weight
-    params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    params = count_params(model)
     # forward FLOPs: 2 per weight per token, the head's [vocab, hidden] product included (tied or not),
     # the input embedding a lookup; attention scores and values: 4 x seq x hidden per layer and token
     flops = 2 * tokens * (params - embed.numel() + head.numel()) + 4 * tokens * eset.seq_len * cfg.hidden_size * cfg.num_hidden_layers
