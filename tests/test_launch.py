@@ -103,8 +103,9 @@ def _find_job(name_part: str, timeout_s: float = 120.0) -> int:
 def test_a_killed_job_is_named_the_others_are_recorded_and_the_rerun_trains_only_it(tmp_path, corpus_rows):
     root = make_project(tmp_path / "proj", corpus_rows, TINY_PARAMS)
     dvc(root, "repro", "base")
+    # /bin/sh: where it is dash (Debian), it forks the stage and the first process found is the job's shell
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.launch", "--engine", "local", "--jobs", "2", "train"], cwd=root,
-                            env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env={**project_env(), "SHELL": "/bin/sh"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     os.kill(_find_job("--out models/shards/prose"), signal.SIGKILL)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, out + err
@@ -253,3 +254,47 @@ def test_local_engine_runs_jobs_and_cancel_stops_them(tmp_path):
     eng.cancel()
     assert [(j.name, status) for j, status, _ in eng.poll()] == [("slow", 143)] and eng.running() == []
     assert (tmp_path / "t").read_text() == "term\n"  # SIGTERM first: the job could clean up
+
+
+def _live(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("via", ["local", "run_job"])
+def test_a_job_whose_shell_is_killed_leaves_nothing_running(via, tmp_path, monkeypatch):
+    """dash (Debian's /bin/sh) forks a stage's command instead of exec'ing it: killing the shell alone
+    must not leave the stage running on to write its output after the launch reported it failed."""
+    monkeypatch.setenv("SHELL", "/bin/sh")
+    job = engines.Job("orphan", f"sleep 60 & echo $! > {tmp_path}/child; wait", str(tmp_path), str(tmp_path / "o.log"))
+    if via == "local":
+        eng = engines.LocalEngine()
+        eng.submit(job)
+        shell = eng._procs["orphan"][1].pid
+    else:
+        import threading
+
+        result: list[int] = []
+        worker = threading.Thread(target=lambda: result.append(engines.run_job(job)))
+        worker.start()
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "child").exists() or not (tmp_path / "child").read_text().strip():
+        assert time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.02)
+    child = int((tmp_path / "child").read_text())
+    assert _live(child)
+    if via == "local":
+        os.kill(shell, signal.SIGKILL)
+        ended = []
+        while not ended and time.monotonic() < deadline:
+            ended = eng.poll()
+            time.sleep(0.05)
+        assert [(j.name, status) for j, status, _ in ended] == [("orphan", -signal.SIGKILL)]
+    else:
+        os.kill(os.getpgid(child), signal.SIGKILL)  # the shell: it leads the job's process group
+        worker.join(timeout=30)
+        assert result == [-signal.SIGKILL]
+    assert not _live(child)  # SIGTERMed with the job's process group once the shell had ended

@@ -14,7 +14,11 @@ file, threads and GPUs) and reports each job's exit status when it ends; none of
 A job's command runs under ``$SHELL -c`` as DVC runs it, in a session of its own (a Ctrl-C at the
 terminal reaches the launcher, which cancels the jobs: SIGTERM, the stages' atomic outputs keep
 nothing half-written, then SIGKILL after a grace period), and it is told to die with the process
-that started it (``PR_SET_PDEATHSIG``), so a cancelled Ray task or Slurm job leaves no orphan.
+that started it (``PR_SET_PDEATHSIG``), so a cancelled Ray task or Slurm job leaves no orphan. When a
+job's shell ends, whatever it left running in its session is stopped the same way: a shell that
+forks its command rather than exec'ing it (dash, Debian's ``/bin/sh``) leaves the stage running on
+when the shell alone is killed, and that stage would write its output after the launch had reported
+it failed.
 """
 
 from __future__ import annotations
@@ -72,15 +76,36 @@ def start(job: Job, extra_env: dict[str, str] | None = None) -> subprocess.Popen
 
 
 def stop(procs: list[subprocess.Popen], grace_s: float = GRACE_S) -> None:
-    """SIGTERM every process group (the stages drop their temporaries), SIGKILL what is left after ``grace_s``."""
+    """SIGTERM every job's process group (the stages drop their temporaries), SIGKILL what is left
+    after ``grace_s``. A job whose shell has ended counts while anything it started still runs."""
+    def running(p: subprocess.Popen) -> bool:
+        return p.poll() is None or _group_alive(p.pid)
+
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        alive = [p for p in procs if p.poll() is None]
+        alive = [p for p in procs if running(p)]
         for p in alive:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(p.pid, sig)
         deadline = time.monotonic() + wait
-        while any(p.poll() is None for p in alive) and time.monotonic() < deadline:
+        while any(running(p) for p in alive) and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in process group ``pgid``."""
+    proc = Path("/proc")
+    if not (proc / "self/stat").exists():  # not Linux: a zombie counts as alive
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]  # after "pid (comm)"
+            if int(pgrp) == pgid and state != "Z":
+                return True
+    return False
 
 
 def run_job(job: Job) -> int:
@@ -93,7 +118,9 @@ def run_job(job: Job) -> int:
     try:
         while True:  # short waits: Ray delivers its cancellation (KeyboardInterrupt) between bytecodes, not inside waitpid
             with contextlib.suppress(subprocess.TimeoutExpired):
-                return proc.wait(timeout=0.2)
+                status = proc.wait(timeout=0.2)
+                stop([proc])  # what the shell left running, if anything
+                return status
     except BaseException:
         stop([proc])
         raise
@@ -155,6 +182,7 @@ class LocalEngine(Engine):
         ended = []
         for name, (job, proc, mine) in list(self._procs.items()):
             if proc.poll() is not None:
+                stop([proc])  # what the shell left running, if anything
                 del self._procs[name]
                 self._free_gpus += mine
                 ended.append((job, proc.returncode, ""))
