@@ -74,18 +74,22 @@ def test_layer_streamed_scores_equal_the_resident_path(project):
     from pipeline.lib.models import load_model
     from pipeline.lib.scoring import evaluate
 
+    # the head in one vocabulary tile (97 rows: the default here), in ten (the last one short) and
+    # in two (the last one a single row)
     with ShardPool(shards, seed=seed) as pool:
-        stream = LayerStream(seed, pool, 2)
-        rows = [[0.2, 0.3, 0.5], [0.0, 1.0, 0.0]]
-        streamed = stream.score(rows, sets, 4)
+        rows = [[0.2, 0.3, 0.5], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
         model = load_model(seed)
-        for w, got in zip(rows, streamed):
+        wants = []
+        for w in rows:
             merge_into(model, w, pool)
-            want = evaluate(model, sets, 4)
-            for d in want:
-                assert got[d]["tokens"] == want[d]["tokens"]
-                assert got[d]["nll"] == pytest.approx(want[d]["nll"], rel=1e-6, abs=0)
-        assert stream.depth == 3 and len(stream.blocks) == 2
+            wants.append(evaluate(model, sets, 4))
+        for head_rows in (None, 10, 96):
+            stream = LayerStream(seed, pool, 3, head_rows=head_rows)
+            for w, got, want in zip(rows, stream.score(rows, sets, 4), wants):
+                for d in want:
+                    assert got[d]["tokens"] == want[d]["tokens"]
+                    assert got[d]["nll"] == pytest.approx(want[d]["nll"], rel=1e-6, abs=0), (head_rows, w, d)
+            assert stream.depth == 3 and len(stream.blocks) == 3
 
 
 def test_the_seed_and_shard_rows_score_as_the_checkpoints_themselves(project):

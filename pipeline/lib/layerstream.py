@@ -15,14 +15,20 @@ depth is proxied in the memory of its embeddings and M blocks. For a group of M 
 2. Block by block: :func:`pipeline.lib.merging.merge_tensors` writes block i of all M rows into
    the M buffers (each shard tensor read once for the group), and each row's activations go
    through its buffer.
-3. The head, row by row: the merged final norm and output embedding (the input embedding again
-   for tied models) go into the skeleton; the final norm, then the streaming cross-entropy.
+3. The head, all rows at once: each row's merged final norm goes into the skeleton and its last
+   activations through it; then the output embedding (the input embedding again for tied models)
+   is merged a vocabulary tile at a time for all M rows (the M tiles together one block's size,
+   at least 512 rows each: each checkpoint's head is read once for the group, not once per row,
+   in the memory of one block), and every row's logits for the tile update its log-sum-exp and
+   pick up its target logits: a cross-entropy that streams the vocabulary as the resident path's
+   kernel does, in fp32, the tiles combined in fp64.
 
-Same kernels, same operations in the same order on the same batches as the resident path: the
-scores are the same (tested to 1e-6 relative; bit for bit where the hidden size is a multiple of
-the kernel's 16- or 32-element tile, as every model here: each merged element then goes through the
-same fused multiply-adds). Peak memory: skeleton +
-(M - 1) blocks + M x (eval tokens x hidden) activations + one batch's working memory.
+The merges are the resident path's kernel on the same inputs, element for element (bit for bit:
+each merged element goes through the same fused multiply-adds), and the blocks run the same
+operations on the same batches; only the cross-entropy sums its vocabulary tiles in another order:
+the scores equal the resident path's to 1e-6 relative (tested). Peak memory: skeleton + (M - 1)
+blocks + the M head tiles (one block) + M x (eval tokens x hidden) activations + one batch's
+working memory.
 
 Walks decoders whose base model keeps its blocks in ``.layers`` (an ``nn.ModuleList`` of one
 block type, one attention type for all layers) with ``.norm`` after them and plain
@@ -40,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline.kernels import linear_cross_entropy, multi_weighted_sum
+from pipeline.kernels import multi_weighted_sum
 from pipeline.lib.device import CPU, Placement
 from pipeline.lib.merging import check_target, merge_tensors
 from pipeline.lib.runtime import StageError, progress
@@ -53,6 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FIX = "set mixtures.stream: resident (the whole merged model in memory)"
+MIN_HEAD_ROWS = 512  # a head tile's vocabulary rows at least: the logits GEMM stays efficient
 
 
 class _Stop(Exception):
@@ -114,7 +121,8 @@ class LayerStream:
     seed itself is scored); ``base`` is the seed folder whose config the skeleton is built from.
     """
 
-    def __init__(self, base: str | Path, pool: ShardPool, at_once: int, place: Placement = CPU, impl: str = "auto"):
+    def __init__(self, base: str | Path, pool: ShardPool, at_once: int, place: Placement = CPU, impl: str = "auto",
+                 head_rows: int | None = None):
         model, self.depth = skeleton(base)
         self.prefix, block = walkable(model)
         self.model = model.to(place.device)
@@ -128,15 +136,18 @@ class LayerStream:
         if f"{self.prefix}.{self.depth}.{self.local[0]}" in pool:
             raise StageError(f"{pool.reference.folder}: the checkpoints have more than the {self.depth} blocks its config.json "
                              f"gives (num_hidden_layers); the config and the weights are of different models")
-        self.embed_plan, self.head_plan = self._outer_plans(pool)
+        self.embed_plan, self.norm_plan, self.head_plan = self._outer_plans(pool)
+        self.head_rows = head_rows  # vocabulary rows per head tile; None: the M tiles together one block's size
+        self._block_numel = sum(p.numel() for p in block.parameters())
         self.seconds = {"merge": 0.0, "eval": 0.0}
 
     def widen(self, at_once: int) -> None:
         """Hold ``at_once`` block buffers (groups of up to that many rows)."""
         self.blocks += [copy.deepcopy(self.blocks[0]) for _ in range(at_once - len(self.blocks))]
 
-    def _outer_plans(self, pool: ShardPool) -> tuple[list, list]:
-        """The skeleton's parameters outside its block: ``(embedding plan, final norm + head plan)``."""
+    def _outer_plans(self, pool: ShardPool) -> tuple[list, list, list]:
+        """The skeleton's parameters outside its block: ``(embedding, final norm, head)`` plans, the
+        head's weight first (then its bias, if any)."""
         m = self.model
         embed = m.get_input_embeddings().weight
         head = m.get_output_embeddings()
@@ -149,7 +160,7 @@ class LayerStream:
             if not name.startswith(block):
                 names.setdefault(id(p), []).append(name)
                 params[id(p)] = p
-        embed_plan, head_plan = [], []
+        embed_plan, norm_plan, head_plan = [], [], []
         for pid, ns in names.items():
             p = params[pid]
             src = next((n for n in ns if n in pool), ns[0])  # a tied pair is stored under one of its names
@@ -160,9 +171,12 @@ class LayerStream:
                                  f"final norm and the head: layer streaming cannot place it; {FIX}")
             if p is embed:
                 embed_plan.append((src, p))
-            if pid in norm or pid in head_ids:  # tied: the head reads the input embedding, merged again for it
+            if pid in norm:
+                norm_plan.append((src, p))
+            if pid in head_ids:  # tied: the head reads the input embedding, merged again for it
                 head_plan.append((src, p))
-        return embed_plan, head_plan
+        head_plan.sort(key=lambda plan: plan[1] is not head.weight)
+        return embed_plan, norm_plan, head_plan
 
     def _merge(self, plans: list, rows: list[list[float]]) -> None:
         t0 = time.perf_counter()
@@ -247,29 +261,72 @@ class LayerStream:
                     acts[r] = [_out(b(h, **kw)) for h, kw in zip(acts[r], kwargs)]
             self.place.sync()
             self.seconds["eval"] += time.perf_counter() - t0
-        out = []
+        return self._heads(rows, acts, sets, batch_list)
+
+    def _heads(self, rows: list[list[float]], acts: list, sets: list[EvalSet], batch_list: list[tuple[int, slice]]
+               ) -> list[dict[str, dict]]:
+        """Final norm and cross-entropy of every row's last activations, summed per eval set; the head
+        merged a vocabulary tile at a time for all rows (module docstring, step 3)."""
+        targets = [self.place.put(sets[i].targets[sl]).reshape(-1) for i, sl in batch_list]
+        keep = [t != IGNORE for t in targets]
+        hidden = []  # per row, per batch: the final norm's output, fp32 [tokens, hidden]
         for r, w in enumerate(rows):
-            self._merge([self.head_plan], [w])
+            self._merge([self.norm_plan], [w])
             t0 = time.perf_counter()
-            out.append(self._head(acts[r], sets, batch_list))
+            with self.place.autocast():
+                hidden.append([self.model.base_model.norm(h).reshape(-1, h.size(-1)).float() for h in acts[r]])
             acts[r] = None
             self.seconds["eval"] += time.perf_counter() - t0
+        vocab, width = self.head_plan[0][1].shape[0], self.head_plan[0][1][0].numel()
+        tile = min(vocab, self.head_rows or max(MIN_HEAD_ROWS, self._block_numel // (width * len(rows))))
+        bufs = [[torch.empty((tile, *p.shape[1:]), dtype=p.dtype, device=p.device) for _, p in self.head_plan] for _ in rows]
+        lse = [[torch.full((t.numel(),), -torch.inf, dtype=torch.float64, device=t.device) for t in targets] for _ in rows]
+        picked = [[torch.zeros(t.numel(), dtype=torch.float64, device=t.device) for t in targets] for _ in rows]
+        for v0 in range(0, vocab, tile):
+            v1 = min(vocab, v0 + tile)
+            parts = [[b[: v1 - v0] for b in row] for row in bufs]
+            self._merge_rows(rows, v0, v1, parts)
+            t0 = time.perf_counter()
+            for r, (weight, *bias) in enumerate(parts):
+                weight = weight.float()
+                for b, (h, t) in enumerate(zip(hidden[r], targets)):
+                    logits = h @ weight.T
+                    if bias:
+                        logits += bias[0].float()
+                    lse[r][b] = torch.logaddexp(lse[r][b], torch.logsumexp(logits, 1).double())
+                    inside = keep[b] & (t >= v0) & (t < v1)  # each kept target is in one tile
+                    got = logits.gather(1, (t - v0).clamp(0, v1 - v0 - 1)[:, None]).squeeze(1)
+                    picked[r][b] += torch.where(inside, got.double(), 0.0)
+            self.place.sync()
+            self.seconds["eval"] += time.perf_counter() - t0
+        out = []
+        for r in range(len(rows)):
+            nats, counts = [0.0] * len(sets), [0] * len(sets)
+            for b, (i, _) in enumerate(batch_list):
+                nats[i] += float((lse[r][b] - picked[r][b])[keep[b]].sum())
+                counts[i] += int(keep[b].sum())
+            out.append({e.domain: domain_scores(e, nats[i], counts[i]) for i, e in enumerate(sets)})
         return out
 
-    def _head(self, hidden: list[torch.Tensor], sets: list[EvalSet], batch_list: list[tuple[int, slice]]) -> dict[str, dict]:
-        """Final norm + streaming cross-entropy of one row's last activations, summed per eval set."""
-        head = self.model.get_output_embeddings()
-        nats = [0.0] * len(sets)
-        counts = [0] * len(sets)
-        for h, (i, sl) in zip(hidden, batch_list):
-            with self.place.autocast():
-                h = self.model.base_model.norm(h)
-            targets = self.place.put(sets[i].targets[sl]).reshape(-1)
-            res = linear_cross_entropy(h.reshape(-1, h.size(-1)), head.weight, targets, head.bias, ignore_index=IGNORE,
-                                       impl=self.impl)
-            nats[i] += res.total
-            counts[i] += int((targets != IGNORE).sum())
-        return {e.domain: domain_scores(e, nats[i], counts[i]) for i, e in enumerate(sets)}
+    def _merge_rows(self, rows: list[list[float]], v0: int, v1: int, outs: list[list[torch.Tensor]]) -> None:
+        """Rows ``[v0, v1)`` of the head's tensors merged with each weight row into ``outs[row]``,
+        each checkpoint's rows read once for all weight rows."""
+        t0 = time.perf_counter()
+        ks = [k for k in range(len(self.pool)) if any(w[k] != 0 for w in rows)]
+        w = [[float(row[k]) for k in ks] for row in rows]
+        for j, (src, p) in enumerate(self.head_plan):
+            width = p[0].numel()  # elements per vocabulary row (1 for a bias)
+            lo, hi = v0 * width, v1 * width
+            if not ks:
+                for o in outs:
+                    o[j].zero_()
+                continue
+            xs = [v.view(-1)[lo:hi].to(p.device) for v in self.pool.views(src, ks)]
+            multi_weighted_sum(xs, w, [o[j].view(-1) for o in outs], impl=self.impl)
+            del xs
+            self.pool.release(src, ks, lo, hi)
+        self.place.sync()
+        self.seconds["merge"] += time.perf_counter() - t0
 
 
 def _out(result) -> torch.Tensor:
