@@ -21,6 +21,10 @@ struct V {
   using reg = __m512;
   static constexpr int W = 16;  // floats per register
   static constexpr int U = 4;   // registers per tile and output (4 x 4 accumulators + 4 inputs of 32 zmm)
+  // No software prefetch of fp32 inputs: on the one AVX-512 machine measured (AMD EPYC, 2 cores,
+  // 2026-12-06, four interleaved runs of bench merge) it cost the fused merge 0.80-0.81 of the
+  // triad against 0.90-0.95 without it, and the mapped files 0.64-0.66 against 0.73-0.81.
+  static constexpr bool kPrefetchF32 = false;
 
   static SM_INLINE reg zero() { return _mm512_setzero_ps(); }
   static SM_INLINE reg set1(float s) { return _mm512_set1_ps(s); }

@@ -7,7 +7,9 @@
 // G accumulators, then converts and stores G output tiles (streaming stores when requested).
 // All K input streams advance together, so every input byte is read from memory once. Each
 // stream is also prefetched kPrefetchBytes ahead: with 9+ concurrent streams per core the hardware
-// prefetchers alone left ~15% of the bandwidth unused (measured: 18.9 -> 22.9 GB/s, K=8 fp32).
+// prefetchers alone left ~15% of the bandwidth unused (measured on an AVX2 machine: 18.9 -> 22.9
+// GB/s, K=8 fp32). V::kPrefetchF32 turns it off for fp32 inputs where it was measured to cost
+// (the AVX-512 build: see merge_avx512.cpp); prefetches never change a result.
 
 namespace {
 
@@ -33,7 +35,8 @@ SM_INLINE void merge_tile(const MergeArgs& a, int m0, int64_t i) {
     switch (a.in_dtypes[k]) {
       case kFloat32: {
         const float* p = static_cast<const float*>(a.inputs[k]) + i;
-        for (int u = 0; u < U; ++u) prefetch_staggered(p + u * W, k);  // >= one per cache line
+        if constexpr (V::kPrefetchF32)
+          for (int u = 0; u < U; ++u) prefetch_staggered(p + u * W, k);  // >= one per cache line
         for (int u = 0; u < U; ++u) x[u] = V::load_f32(p + u * W);
         break;
       }
