@@ -12,8 +12,8 @@ is read once per group, from memory (RAM or the GPU's) when the checkpoints fit 
 its memory-mapped file, and the merged models are scored with the streaming cross-entropy. ``mixtures.at_once``
 is M (``auto``: as many as fit in free memory); ``mixtures.stream: layers`` merges and runs one
 decoder block at a time instead of whole models (:mod:`pipeline.lib.layerstream`), for models
-larger than memory; the scores are the same either way, so neither setting is in the metrics'
-provenance (both go to the run record). References are recomputed here rather than read from
+larger than memory; the scores are the same either way (to 1e-6 relative), so neither setting is
+in the metrics' provenance (both go to the run record). References are recomputed here rather than read from
 ``metrics/eval/``: they then use exactly the windows and code path of the mixtures (also when
 ``mixtures.eval_tokens`` caps the eval sets) at the cost of K + 1 extra scorings.
 

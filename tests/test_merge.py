@@ -185,6 +185,29 @@ def test_merge_many_equals_one_at_a_time_and_skips_unused_shards(ckpts, monkeypa
         merge_many_into(models, rows[:2], pool)
 
 
+def test_merge_tensors_from_a_row_writes_those_rows_and_no_further(ckpts):
+    from pipeline.lib.merging import merge_tensors
+
+    base, shards = ckpts
+    name, rows = "model.embed_tokens.weight", [[0.2, 0.3, 0.0, 0.5], [0.0, 1.0, 0.0, 0.0]]
+    with ShardPool(shards, seed=base) as pool:
+        vocab, width = pool.info(name).shape
+        whole = [torch.empty(vocab, width) for _ in rows]
+        merge_tensors([[(name, o)] for o in whole], rows, pool)
+        # rows 8..15 start and end on the kernels' 64-element tiles (width 16): the same bits as the
+        # whole tensor's merge; the last 7 rows end in a partial tile (another summation): to an ulp
+        for first, count, exact in ((8, 8, True), (vocab - 7, 7, False)):
+            outs = [torch.empty(count, width) for _ in rows]
+            merge_tensors([[(name, o)] for o in outs], rows, pool, first_row=first, chunk_bytes=4096)
+            for o, w in zip(outs, whole):
+                if exact:
+                    assert torch.equal(o, w[first:first + count])
+                else:
+                    torch.testing.assert_close(o, w[first:first + count], rtol=0, atol=1e-6)
+        with pytest.raises(ValueError, match=rf"{name}: {7 * width} elements from row {vocab - 6} run past"):
+            merge_tensors([[(name, torch.empty(7, width))]], rows[:1], pool, first_row=vocab - 6)
+
+
 def test_merge_into_rejects_another_model(ckpts, tmp_path: Path):
     from pipeline.lib.runtime import StageError
     from tests.test_pool import tiny_llama

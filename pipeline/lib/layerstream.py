@@ -23,9 +23,10 @@ depth is proxied in the memory of its embeddings and M blocks. For a group of M 
    pick up its target logits: a cross-entropy that streams the vocabulary as the resident path's
    kernel does, in fp32, the tiles combined in fp64.
 
-The merges are the resident path's kernel on the same inputs, element for element (bit for bit:
-each merged element goes through the same fused multiply-adds), and the blocks run the same
-operations on the same batches; only the cross-entropy sums its vocabulary tiles in another order:
+The merges are the resident path's kernel on the same inputs, element for element (bit for bit
+where the head's tiles start and end on the kernel's 64-element tiles, as with every hidden size
+here; otherwise a tile's last elements can differ by an ulp), and the blocks run the same
+operations on the same batches; the cross-entropy sums its vocabulary tiles in another order:
 the scores equal the resident path's to 1e-6 relative (tested). Peak memory: skeleton + (M - 1)
 blocks + the M head tiles (one block) + M x (eval tokens x hidden) activations + one batch's
 working memory.
@@ -178,9 +179,9 @@ class LayerStream:
         head_plan.sort(key=lambda plan: plan[1] is not head.weight)
         return embed_plan, norm_plan, head_plan
 
-    def _merge(self, plans: list, rows: list[list[float]]) -> None:
+    def _merge(self, plans: list, rows: list[list[float]], first_row: int = 0) -> None:
         t0 = time.perf_counter()
-        merge_tensors(plans, rows, self.pool, impl=self.impl)
+        merge_tensors(plans, rows, self.pool, impl=self.impl, first_row=first_row)
         self.place.sync()
         self.seconds["merge"] += time.perf_counter() - t0
 
@@ -285,7 +286,7 @@ class LayerStream:
         for v0 in range(0, vocab, tile):
             v1 = min(vocab, v0 + tile)
             parts = [[b[: v1 - v0] for b in row] for row in bufs]
-            self._merge_rows(rows, v0, v1, parts)
+            self._merge([[(src, t) for (src, _), t in zip(self.head_plan, row)] for row in parts], rows, first_row=v0)
             t0 = time.perf_counter()
             for r, (weight, *bias) in enumerate(parts):
                 weight = weight.float()
@@ -307,26 +308,6 @@ class LayerStream:
                 counts[i] += int(keep[b].sum())
             out.append({e.domain: domain_scores(e, nats[i], counts[i]) for i, e in enumerate(sets)})
         return out
-
-    def _merge_rows(self, rows: list[list[float]], v0: int, v1: int, outs: list[list[torch.Tensor]]) -> None:
-        """Rows ``[v0, v1)`` of the head's tensors merged with each weight row into ``outs[row]``,
-        each checkpoint's rows read once for all weight rows."""
-        t0 = time.perf_counter()
-        ks = [k for k in range(len(self.pool)) if any(w[k] != 0 for w in rows)]
-        w = [[float(row[k]) for k in ks] for row in rows]
-        for j, (src, p) in enumerate(self.head_plan):
-            width = p[0].numel()  # elements per vocabulary row (1 for a bias)
-            lo, hi = v0 * width, v1 * width
-            if not ks:
-                for o in outs:
-                    o[j].zero_()
-                continue
-            xs = [v.view(-1)[lo:hi].to(p.device) for v in self.pool.views(src, ks)]
-            multi_weighted_sum(xs, w, [o[j].view(-1) for o in outs], impl=self.impl)
-            del xs
-            self.pool.release(src, ks, lo, hi)
-        self.place.sync()
-        self.seconds["merge"] += time.perf_counter() - t0
 
 
 def _out(result) -> torch.Tensor:

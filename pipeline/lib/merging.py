@@ -92,13 +92,15 @@ def merge_many_into(models: Sequence[torch.nn.Module], weights: Sequence[Sequenc
 
 
 def merge_tensors(plans: Sequence[Sequence[tuple[str, torch.Tensor]]], weights: Sequence[Sequence[float]],
-                  pool: ShardPool, *, impl: str = "auto", chunk_bytes: int = CHUNK_BYTES) -> None:
+                  pool: ShardPool, *, impl: str = "auto", chunk_bytes: int = CHUNK_BYTES, first_row: int = 0) -> None:
     """Write ``sum_k weights[m][k] * pool[k][src]`` into ``dst`` for every ``(src, dst)`` of ``plans[m]``.
 
     ``plans`` holds one list per weight row, the same checkpoint names in the same order (the
     targets differ: M models, or M copies of one decoder block); see :func:`merge_plan` and
     :func:`check_target`. Each shard tensor is read once for all M rows, chunk by chunk, and its
-    mapped pages are dropped after use.
+    mapped pages are dropped after use. With ``first_row`` each ``dst`` receives the rows of
+    ``src`` (along its first dimension) from that one on, as many as ``dst`` holds: a vocabulary
+    tile of an embedding, say.
     """
     w = torch.as_tensor([list(map(float, row)) for row in weights], dtype=torch.float64)
     if w.dim() != 2 or w.shape[0] != len(plans) or w.shape[1] != len(pool):
@@ -118,10 +120,14 @@ def merge_tensors(plans: Sequence[Sequence[tuple[str, torch.Tensor]]], weights: 
                 continue
             views = [v.view(-1) for v in pool.views(src, ks)]
             n, device = outs[0].numel(), outs[0].device
+            shape = pool.info(src).shape
+            off = first_row * (views[0].numel() // shape[0] if shape else 1)
+            if off + n > views[0].numel():
+                raise ValueError(f"{src}: {n} elements from row {first_row} run past its {list(shape)}")
             step = max(1, chunk_bytes // (len(ks) * views[0].element_size()) // CHUNK_ALIGN) * CHUNK_ALIGN
-            for a in range(0, n, step):
-                b = min(n, a + step)
-                multi_weighted_sum([v[a:b].to(device) for v in views], w, [o[a:b] for o in outs], impl=impl)
+            for a in range(off, off + n, step):
+                b = min(off + n, a + step)
+                multi_weighted_sum([v[a:b].to(device) for v in views], w, [o[a - off:b - off] for o in outs], impl=impl)
                 pool.release(src, ks, a, b)
             del views
     pool.release_all()
