@@ -92,6 +92,26 @@ def test_layer_streamed_scores_equal_the_resident_path(project):
             assert stream.depth == 3 and len(stream.blocks) == 3
 
 
+def test_the_layer_stream_footprint_covers_what_a_group_holds(project):
+    """``mixtures.at_once: auto`` sizes M from :meth:`LayerStream.footprint`: the M block buffers,
+    every row's activations and the head tiles a group allocates must fit in it, for any M."""
+    from pipeline.lib.layerstream import LayerStream
+    from pipeline.lib.pool import ShardPool
+
+    seed, shards, sets = project
+    tokens = sum(e.inputs.numel() for e in sets)
+    with ShardPool(shards, seed=seed) as pool:
+        for head_rows in (None, 10):
+            for m in (1, 3, 8):
+                stream = LayerStream(seed, pool, m, head_rows=head_rows)
+                per_row, fixed = stream.footprint(sets)
+                stream.score([[1 / 3] * 3] * m, sets, 4)
+                block = sum(p.numel() * p.element_size() for p in stream.blocks[0].parameters())
+                held = m * (block + 4 * stream.model.config.hidden_size * tokens) + stream.tile_bytes
+                assert stream.tile_bytes > 0 and len(stream.blocks) == m
+                assert held <= fixed + m * per_row <= 2 * held, (head_rows, m, held, fixed, per_row)
+
+
 def test_the_seed_and_shard_rows_score_as_the_checkpoints_themselves(project):
     from pipeline.lib.models import load_model
     from pipeline.lib.scoring import evaluate

@@ -141,6 +141,22 @@ class LayerStream:
         self.head_rows = head_rows  # vocabulary rows per head tile; None: the M tiles together one block's size
         self._block_numel = sum(p.numel() for p in block.parameters())
         self.seconds = {"merge": 0.0, "eval": 0.0}
+        self.tile_bytes = 0  # the head tiles of the last group scored
+
+    def footprint(self, sets: list[EvalSet]) -> tuple[int, int]:
+        """``(per row, fixed)`` bytes a group holds beyond the skeleton, M rows holding at most
+        ``fixed + M x per_row`` (the module docstring's peak, less one batch's working memory): per
+        row, a block buffer, the activations of every eval token (fp32), a head tile of at least
+        :data:`MIN_HEAD_ROWS` rows and the fp64 log-sum-exp and target logit of every token; fixed,
+        the rest of the M head tiles, which together take one block's size when that is more."""
+        block = sum(p.numel() * p.element_size() for p in self.blocks[0].parameters())
+        tokens = sum(e.inputs.numel() for e in sets)
+        acts = 4 * self.model.config.hidden_size * tokens
+        head_row = sum(p[0].numel() * p.element_size() for _, p in self.head_plan)  # one vocabulary row, bias included
+        width = self.head_plan[0][1][0].numel()
+        shared = 0 if self.head_rows else self._block_numel // width * head_row  # the tiles' rows, M of them together
+        vocab = self.head_plan[0][1].shape[0]
+        return block + acts + min(vocab, self.head_rows or MIN_HEAD_ROWS) * head_row + 2 * 8 * tokens, shared
 
     def widen(self, at_once: int) -> None:
         """Hold ``at_once`` block buffers (groups of up to that many rows)."""
@@ -281,6 +297,7 @@ class LayerStream:
         vocab, width = self.head_plan[0][1].shape[0], self.head_plan[0][1][0].numel()
         tile = min(vocab, self.head_rows or max(MIN_HEAD_ROWS, self._block_numel // (width * len(rows))))
         bufs = [[torch.empty((tile, *p.shape[1:]), dtype=p.dtype, device=p.device) for _, p in self.head_plan] for _ in rows]
+        self.tile_bytes = sum(b.numel() * b.element_size() for row in bufs for b in row)  # what footprint() bounds
         lse = [[torch.full((t.numel(),), -torch.inf, dtype=torch.float64, device=t.device) for t in targets] for _ in rows]
         picked = [[torch.zeros(t.numel(), dtype=torch.float64, device=t.device) for t in targets] for _ in rows]
         for v0 in range(0, vocab, tile):
