@@ -140,6 +140,7 @@ class LayerStream:
         self.embed_plan, self.norm_plan, self.head_plan = self._outer_plans(pool)
         self.head_rows = head_rows  # vocabulary rows per head tile; None: the M tiles together one block's size
         self._block_numel = sum(p.numel() for p in block.parameters())
+        self.block_bytes = sum(p.numel() * p.element_size() for p in block.parameters())  # one block buffer
         self.seconds = {"merge": 0.0, "eval": 0.0}
         self.tile_bytes = 0  # the head tiles of the last group scored
 
@@ -149,14 +150,13 @@ class LayerStream:
         row, a block buffer, the activations of every eval token (fp32), a head tile of at least
         :data:`MIN_HEAD_ROWS` rows and the fp64 log-sum-exp and target logit of every token; fixed,
         the rest of the M head tiles, which together take one block's size when that is more."""
-        block = sum(p.numel() * p.element_size() for p in self.blocks[0].parameters())
         tokens = sum(e.inputs.numel() for e in sets)
         acts = 4 * self.model.config.hidden_size * tokens
         head_row = sum(p[0].numel() * p.element_size() for _, p in self.head_plan)  # one vocabulary row, bias included
         width = self.head_plan[0][1][0].numel()
         shared = 0 if self.head_rows else self._block_numel // width * head_row  # the tiles' rows, M of them together
         vocab = self.head_plan[0][1].shape[0]
-        return block + acts + min(vocab, self.head_rows or MIN_HEAD_ROWS) * head_row + 2 * 8 * tokens, shared
+        return self.block_bytes + acts + min(vocab, self.head_rows or MIN_HEAD_ROWS) * head_row + 2 * 8 * tokens, shared
 
     def widen(self, at_once: int) -> None:
         """Hold ``at_once`` block buffers (groups of up to that many rows)."""

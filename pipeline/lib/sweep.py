@@ -176,8 +176,8 @@ def _layers(pool, base, rows, sets, batch_size, at_once, impl, place, key):
     """(M, score a group, (merge s, eval s)) with a :class:`LayerStream`."""
     stream = LayerStream(base, pool, 1, place, impl)
     per_row, fixed = stream.footprint(sets)
-    block_bytes = sum(p.numel() * p.element_size() for p in stream.blocks[0].parameters())  # held already: one of the M
     work = working_bytes(stream.model.config, sets, batch_size)
-    m = resolve_at_once(at_once, len(rows), per_row, fixed + work, place.free_bytes() + block_bytes, key)
+    # the stream holds one block buffer already: one of the M
+    m = resolve_at_once(at_once, len(rows), per_row, fixed + work, place.free_bytes() + stream.block_bytes, key)
     stream.widen(m)
     return m, lambda weights: stream.score(weights, sets, batch_size), lambda: (stream.seconds["merge"], stream.seconds["eval"])
