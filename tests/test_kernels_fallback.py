@@ -94,3 +94,26 @@ def test_stale_lock_is_removed(tmp_path, monkeypatch):
     monkeypatch.setattr(_ext, "_compile_and_load", fake_compile)
     _ext._locked_build(with_cuda=False, verbose=False)
     assert seen == {"lock_exists": False}
+
+
+@pytest.mark.parametrize("beside", [True, False], ids=["ninja beside python", "no ninja beside python"])
+def test_the_build_runs_the_ninja_beside_the_interpreter(tmp_path, monkeypatch, beside):
+    """Two ninja versions sharing the build folder rebuild everything each time they alternate, so
+    the build runs the one installed with this interpreter whatever PATH says; PATH is restored."""
+    bindir = tmp_path / "venv" / "bin"
+    bindir.mkdir(parents=True)
+    if beside:
+        (bindir / "ninja").write_text("")
+    monkeypatch.setattr(sys, "executable", str(bindir / "python"))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    seen = {}
+
+    def fake_load(**kwargs):
+        seen["path"] = os.environ["PATH"]
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    _ext._compile_and_load(tmp_path / "build", with_cuda=False, verbose=False)
+    assert seen["path"] == (f"{bindir}{os.pathsep}/usr/bin:/bin" if beside else "/usr/bin:/bin")
+    assert os.environ["PATH"] == "/usr/bin:/bin"

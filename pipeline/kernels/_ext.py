@@ -21,6 +21,7 @@ The compile flags are portable (``-O3``, no ``-march=native``): the CPU kernels 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -81,24 +82,46 @@ def _nvidia_wheel_includes() -> list[str]:
     return sorted(str(p) for p in site.glob("nvidia/*/include") if p.is_dir())
 
 
+@contextlib.contextmanager
+def _this_environments_ninja():
+    """Put the ``ninja`` installed beside this interpreter (the ``ninja`` wheel, a dependency of the
+    project) first on PATH while torch builds: torch runs the first ``ninja`` on PATH, and two ninja
+    versions sharing one build folder recompile every object each time they alternate (1.11 and
+    1.13 hash command lines differently, so each reads the other's log as "command line
+    changed"). Without this, a process run as ``.venv/bin/python`` (the system ninja first) and a
+    DVC stage (the venv's) rebuilt the kernels for each other, 25-40 s each time."""
+    bindir = Path(sys.executable).parent
+    old = os.environ.get("PATH")
+    if (bindir / "ninja").is_file():
+        os.environ["PATH"] = os.pathsep.join([str(bindir)] + ([old] if old else []))
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = old
+
+
 def _compile_and_load(build_dir: Path, with_cuda: bool, verbose: bool) -> None:
     from torch.utils import cpp_extension
 
     sources = [str(CSRC / s) for s in CPU_SOURCES + (CUDA_SOURCES if with_cuda else [])]
     name = EXT_NAME + ("_cuda" if with_cuda else "")
     defines = ["-DSHARDMIX_WITH_CUDA"] if with_cuda else []
-    cpp_extension.load(
-        name=name,
-        sources=sources,
-        extra_cflags=CFLAGS + defines,
-        extra_cuda_cflags=CUDA_CFLAGS + defines,
-        extra_ldflags=LDFLAGS,
-        extra_include_paths=[str(CSRC)] + (_nvidia_wheel_includes() if with_cuda else []),
-        build_directory=str(build_dir),
-        with_cuda=with_cuda,
-        is_python_module=False,
-        verbose=verbose,
-    )
+    with _this_environments_ninja():
+        cpp_extension.load(
+            name=name,
+            sources=sources,
+            extra_cflags=CFLAGS + defines,
+            extra_cuda_cflags=CUDA_CFLAGS + defines,
+            extra_ldflags=LDFLAGS,
+            extra_include_paths=[str(CSRC)] + (_nvidia_wheel_includes() if with_cuda else []),
+            build_directory=str(build_dir),
+            with_cuda=with_cuda,
+            is_python_module=False,
+            verbose=verbose,
+        )
 
 
 def _locked_build(with_cuda: bool, verbose: bool) -> None:
