@@ -13,6 +13,10 @@ under the repository lock, as they do:
 - after a run: ``Stage.save()`` (hashes, and the run-cache entry), ``Stage.commit()`` (outputs into
   the cache) and the ``dvc.lock`` entry: what ``dvc commit --force <stage>`` does.
 
+Each of these holds Ctrl-C and SIGTERM until it is done (:func:`pipeline.lib.runtime.deferred_interrupts`):
+DVC writes its lock files and ``dvc.lock`` in place, and an interrupt in the middle left a
+truncated ``.dvc/tmp/rwlock`` that every later ``dvc`` command refused.
+
 Nothing here runs a stage's command: ``pipeline.launch`` hands those to an engine.
 """
 
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from pipeline.lib.runtime import StageError
+from pipeline.lib.runtime import StageError, deferred_interrupts
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ class Pipeline:
 
     def stale(self, name: str) -> bool:
         """Whether ``dvc status`` would list this stage as changed now."""
-        with self.repo.lock:
+        with deferred_interrupts(), self.repo.lock:
             return bool(self._stages[name].changed())
 
     def prepare(self, name: str) -> bool:
@@ -84,7 +88,7 @@ class Pipeline:
 
         stage = self._stages[name]
         self.clear(name)
-        with self.repo.lock:
+        with deferred_interrupts(), self.repo.lock:
             try:
                 self.repo.stage_cache.restore(stage)
             except RunCacheNotFoundError:
@@ -96,13 +100,13 @@ class Pipeline:
     def clear(self, name: str) -> None:
         """Remove the stage's outputs from the workspace, as ``dvc repro`` does before running it (an
         output linked to the cache is unlinked, never written through)."""
-        with self.repo.lock:
+        with deferred_interrupts(), self.repo.lock:
             self._stages[name].remove_outs(ignore_remove=False, force=False)
 
     def record(self, name: str) -> None:
         """Record a stage whose command finished: hashes, cache, run-cache and ``dvc.lock``, as ``dvc commit --force`` does."""
         stage = self._stages[name]
-        with self.repo.lock:
+        with deferred_interrupts(), self.repo.lock:
             stage.save()
             stage.commit()
             stage.dump(update_pipeline=False)

@@ -10,11 +10,13 @@ and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import random
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,6 +74,27 @@ def run_stage(main: Callable[[argparse.Namespace, StageParams], None], parser: a
 def raise_interrupt(signum, frame):
     """A signal handler that makes SIGTERM (or any signal) a KeyboardInterrupt, as Ctrl-C is."""
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred_interrupts(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver the first that came to the
+    handler that was in place: for code that writes files in place and must not stop half-way (DVC
+    writes ``.dvc/tmp/rwlock`` and ``dvc.lock`` so; an interrupt in the middle leaves a truncated
+    file that every later ``dvc`` command refuses). Outside the main thread, where handlers cannot
+    be set, it holds nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+        if held:
+            signal.raise_signal(held[0])
 
 
 THREADS_ENV = "SHARDMIX_THREADS"
