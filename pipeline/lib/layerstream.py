@@ -141,6 +141,9 @@ class LayerStream:
         self.head_rows = head_rows  # vocabulary rows per head tile; None: the M tiles together one block's size
         self._block_numel = sum(p.numel() for p in block.parameters())
         self.block_bytes = sum(p.numel() * p.element_size() for p in block.parameters())  # one block buffer
+        head = self.head_plan[0][1]
+        self._vocab, self._width = head.shape[0], head[0].numel()
+        self._head_row = sum(p[0].numel() * p.element_size() for _, p in self.head_plan)  # one vocabulary row, bias included
         self.seconds = {"merge": 0.0, "eval": 0.0}
         self.tile_bytes = 0  # the head tiles of the last group scored
 
@@ -152,11 +155,15 @@ class LayerStream:
         the rest of the M head tiles, which together take one block's size when that is more."""
         tokens = sum(e.inputs.numel() for e in sets)
         acts = 4 * self.model.config.hidden_size * tokens
-        head_row = sum(p[0].numel() * p.element_size() for _, p in self.head_plan)  # one vocabulary row, bias included
-        width = self.head_plan[0][1][0].numel()
-        shared = 0 if self.head_rows else self._block_numel // width * head_row  # the tiles' rows, M of them together
-        vocab = self.head_plan[0][1].shape[0]
-        return self.block_bytes + acts + min(vocab, self.head_rows or MIN_HEAD_ROWS) * head_row + 2 * 8 * tokens, shared
+        # M x _tile_rows(M) <= M x min(vocab, MIN_HEAD_ROWS) + one block's worth of rows
+        shared = 0 if self.head_rows else self._block_numel // self._width * self._head_row
+        per_row_tile = min(self._vocab, self.head_rows or MIN_HEAD_ROWS) * self._head_row
+        return self.block_bytes + acts + per_row_tile + 2 * 8 * tokens, shared
+
+    def _tile_rows(self, at_once: int) -> int:
+        """Vocabulary rows per head tile for a group of ``at_once`` rows: ``head_rows``, or as many as
+        make the M tiles together one block's size, at least :data:`MIN_HEAD_ROWS`."""
+        return min(self._vocab, self.head_rows or max(MIN_HEAD_ROWS, self._block_numel // (self._width * at_once)))
 
     def widen(self, at_once: int) -> None:
         """Hold ``at_once`` block buffers (groups of up to that many rows)."""
@@ -294,8 +301,7 @@ class LayerStream:
                 hidden.append([self.model.base_model.norm(h).reshape(-1, h.size(-1)).float() for h in acts[r]])
             acts[r] = None
             self.seconds["eval"] += time.perf_counter() - t0
-        vocab, width = self.head_plan[0][1].shape[0], self.head_plan[0][1][0].numel()
-        tile = min(vocab, self.head_rows or max(MIN_HEAD_ROWS, self._block_numel // (width * len(rows))))
+        vocab, tile = self._vocab, self._tile_rows(len(rows))
         bufs = [[torch.empty((tile, *p.shape[1:]), dtype=p.dtype, device=p.device) for _, p in self.head_plan] for _ in rows]
         self.tile_bytes = sum(b.numel() * b.element_size() for row in bufs for b in row)  # what footprint() bounds
         lse = [[torch.full((t.numel(),), -torch.inf, dtype=torch.float64, device=t.device) for t in targets] for _ in rows]
