@@ -13,8 +13,8 @@ setup:
 repro: setup        ## the whole default pipeline on the real corpus
 	dvc repro
 
-test: setup         ## the test suite (what CI runs)
-	python -m pytest -q
+test: setup         ## the test suite (what CI runs), one worker per CPU
+	python -m pytest -q -n auto --dist worksteal
 
 bench: setup        ## the benchmarks, JSON on the last line of each
 	python -m pipeline.bench merge --json

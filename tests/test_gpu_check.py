@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=4)
 
 
 def test_gpu_check_cpu_tiny_passes_and_reports_every_step(tmp_path: Path):

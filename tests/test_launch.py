@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from pipeline.lib import engines
-from pipeline.lib.runtime import StageError, resolved_threads, usable_cpus
+from pipeline.lib.runtime import StageError, deferred_interrupts, raise_interrupt, resolved_threads, usable_cpus
 from tests.conftest import TINY_PARAMS, dvc, edited_params, make_project, project_env
 
 TARGETS = ["evaluate"]
@@ -46,17 +46,26 @@ def stale(root: Path, *targets: str) -> dict:
     return json.loads(dvc(root, "status", "--json", *targets).stdout or "{}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def serial(tmp_path_factory, corpus_rows) -> dict[str, dict[str, str]]:
-    root = make_project(tmp_path_factory.mktemp("serial") / "proj", corpus_rows, TINY_PARAMS)
-    dvc(root, "repro", *TARGETS)
-    return out_hashes(root)
+    """The output hashes of a serial ``dvc repro``: made once per run, also when pytest-xdist sends
+    the tests that compare with it to different workers (they share the run's base temp folder)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "launch-serial.json"
+    with FileLock(f"{shared}.lock"):
+        if not shared.is_file():
+            root = make_project(tmp_path_factory.mktemp("serial") / "proj", corpus_rows, TINY_PARAMS)
+            dvc(root, "repro", *TARGETS)
+            shared.write_text(json.dumps(out_hashes(root)))
+    return json.loads(shared.read_text())
 
 
 # ---------------------------------------------------------------- the same record as dvc repro, per engine
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=3)
 @pytest.mark.parametrize("engine", [["local"], ["ray"], ["submitit", "--cluster", "local"]], ids=lambda e: e[0])
 def test_launch_leaves_what_a_serial_dvc_repro_leaves(engine, serial, tmp_path, corpus_rows):
     pytest.importorskip(engine[0]) if engine[0] != "local" else None
@@ -86,17 +95,19 @@ def test_launch_leaves_what_a_serial_dvc_repro_leaves(engine, serial, tmp_path, 
 # ---------------------------------------------------------------- a job killed mid-run
 
 
-def _find_job(name_part: str, timeout_s: float = 120.0) -> int:
+def _find_job(root: Path, name_part: str, timeout_s: float = 120.0) -> int:
+    """The pid of a training job of the project ``root`` (its working folder): not one of another
+    test's, nor of a pipeline someone runs beside the tests."""
     import psutil
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for p in psutil.process_iter(["pid", "cmdline"]):
+        for p in psutil.process_iter(["pid", "cmdline", "cwd"]):
             cmd = " ".join(p.info["cmdline"] or [])
-            if "pipeline.train" in cmd and name_part in cmd:
+            if "pipeline.train" in cmd and name_part in cmd and p.info["cwd"] and Path(p.info["cwd"]) == root.resolve():
                 return p.info["pid"]
         time.sleep(0.02)
-    raise AssertionError(f"no job of {name_part} started")
+    raise AssertionError(f"no job of {name_part} started in {root}")
 
 
 @pytest.mark.slow
@@ -106,7 +117,7 @@ def test_a_killed_job_is_named_the_others_are_recorded_and_the_rerun_trains_only
     # /bin/sh: where it is dash (Debian), it forks the stage and the first process found is the job's shell
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.launch", "--engine", "local", "--jobs", "2", "train"], cwd=root,
                             env={**project_env(), "SHELL": "/bin/sh"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    os.kill(_find_job("--out models/shards/prose"), signal.SIGKILL)
+    os.kill(_find_job(root, "--out models/shards/prose"), signal.SIGKILL)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, out + err
     s = json.loads(out.strip().splitlines()[-1])
@@ -133,7 +144,7 @@ def test_ctrl_c_cancels_the_jobs_and_leaves_nothing_half_written(engine, tmp_pat
     dvc(root, "repro", "base")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.launch", "--engine", engine, "--jobs", "2", "train"], cwd=root,
                             env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    job = psutil.Process(_find_job("pipeline.train"))
+    job = psutil.Process(_find_job(root, "pipeline.train"))
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, out + err
@@ -149,6 +160,59 @@ def test_ctrl_c_cancels_the_jobs_and_leaves_nothing_half_written(engine, tmp_pat
         shard = item.split("@")[1]
         assert not (root / "models/shards" / shard).exists()
     assert not list((root / "models").rglob(".*.tmp-*")) and not list((root / "metrics").rglob(".*.tmp-*"))
+
+
+@pytest.mark.parametrize("signum, handler", [(signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, raise_interrupt)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_deferred_interrupts_deliver_the_signal_when_the_block_ends(signum, handler):
+    previous = signal.signal(signum, handler)
+    try:
+        after = []
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupts():
+                os.kill(os.getpid(), signum)
+                time.sleep(0.01)  # the handler would have run by now
+                after.append("the block went on")
+        assert after == ["the block went on"] and signal.getsignal(signum) is handler
+        with deferred_interrupts():  # nothing came: nothing raised
+            pass
+        assert signal.getsignal(signum) is handler
+    finally:
+        signal.signal(signum, previous)
+
+
+def test_a_ctrl_c_while_a_stage_is_recorded_leaves_dvc_files_whole(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of recording a stage (DVC writes .dvc/tmp/rwlock and dvc.lock in place)
+    stops launch after the record, not half-way: both files stay readable."""
+    from dvc.stage import Stage
+
+    from pipeline.lib.dvcrepo import Pipeline
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "dvc.yaml").write_text("stages:\n  make:\n    cmd: echo hi > out.txt\n    outs:\n      - out.txt\n")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    dvc(root, "init", "-q")
+    (root / "out.txt").write_text("hi\n")  # what the engine's job wrote
+    real_dump = Stage.dump
+
+    def interrupted_dump(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C lands while dvc.lock is being written
+        time.sleep(0.01)
+        return real_dump(self, *args, **kwargs)
+
+    monkeypatch.setattr(Stage, "dump", interrupted_dump)
+    monkeypatch.chdir(root)  # where pipeline.launch runs
+    pipe = Pipeline(root, ["make"])
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pipe.record("make")
+    finally:
+        pipe.close()
+    assert "make" in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    rwlock = root / ".dvc/tmp/rwlock"
+    assert not rwlock.exists() or json.loads(rwlock.read_text()) is not None
+    assert stale(root) == {}
 
 
 def test_a_failing_stage_run_here_stops_what_needs_it(project: Path):

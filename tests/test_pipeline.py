@@ -130,6 +130,7 @@ def assert_from_weights_outputs(project: Path) -> None:
     assert mine["adam"]["weights"] == inf["models"]["skewed"]["adam"]["weights"]
 
 
+@pytest.mark.slow(minutes=13)  # three runs of the whole tiny pipeline
 def test_dvc_repro_tiny_end_to_end(project: Path):
     trace = project.parent / "params-read.jsonl"
     out = dvc(project, "repro", env={"SHARDMIX_TRACE_PARAMS": str(trace)}).stdout

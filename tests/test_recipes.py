@@ -91,6 +91,7 @@ def test_recipe_fits_the_default_params(name, tmp_path):
     load_config(write_params(tmp_path / "params.yaml", merged(read_params(REPO / "params.yaml"), fragment)))
 
 
+@pytest.mark.slow(minutes=3)
 def test_own_corpus(project: Path, tiny_params, corpus_rows):
     fragment, commands = recipe("own-corpus")
     params = merged(tiny_params, fragment)
@@ -155,6 +156,7 @@ def check_bits_per_byte(root: Path, scores: dict) -> None:
         assert ev["ppl"] == pytest.approx(math.exp(tot["nll_sum"] / tot["tokens"]), rel=1e-4), domain
 
 
+@pytest.mark.slow(minutes=3)
 def test_own_model(project: Path, tiny_params, corpus_rows):
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
@@ -183,6 +185,7 @@ def test_own_model(project: Path, tiny_params, corpus_rows):
     assert set(load(project, "metrics/report.json")["proxies"]) == PROXIES
 
 
+@pytest.mark.slow(minutes=2)
 def test_proxy_only(project: Path, tiny_params):
     fragment, commands = recipe("proxy-only")
     params = merged(tiny_params, fragment)
