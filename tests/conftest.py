@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def pytest_collection_modifyitems(config, items):
     """The slow tests first, the longest first (``@pytest.mark.slow(minutes=...)``, 1 where unsaid),
-    the rest in their order: with ``-n auto --dist worksteal`` (the README's command) a worker starts
+    the rest in their order: with ``-n auto --dist worksteal`` (``make test``) a worker starts
     the longest test at once and the others take the short ones from its queue, so the run lasts
     about half the work rather than the longest test plus whatever was queued before it."""
     def minutes(item) -> float:
@@ -34,6 +34,7 @@ def pytest_collection_modifyitems(config, items):
         return max((m.kwargs.get("minutes", 1) for m in marks), default=0)
 
     items.sort(key=lambda item: -minutes(item))  # stable: the same order on every worker
+
 
 @pytest.fixture(scope="session")
 def corpus_rows() -> list[dict]:
