@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.lib.runtime import StageError, raise_interrupt
+from pipeline.lib.runtime import StageError, on_main_thread, raise_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def run_job(job: Job) -> int:
 
     What a Ray task or a submitit job executes. Cancelled (KeyboardInterrupt, SIGTERM), it stops the
     command first."""
-    previous = signal.signal(signal.SIGTERM, raise_interrupt) if _main_thread() else None
+    previous = signal.signal(signal.SIGTERM, raise_interrupt) if on_main_thread() else None
     proc = start(job)
     try:
         while True:  # short waits: Ray delivers its cancellation (KeyboardInterrupt) between bytecodes, not inside waitpid
@@ -127,12 +127,6 @@ def run_job(job: Job) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 # ---------------------------------------------------------------- engines

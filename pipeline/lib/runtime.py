@@ -76,6 +76,11 @@ def raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def on_main_thread() -> bool:
+    """Whether signal handlers can be set here (Python allows it on the main thread only)."""
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextlib.contextmanager
 def deferred_interrupts(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
     """Hold Ctrl-C and SIGTERM until the block ends, then deliver the first that came to the
@@ -83,7 +88,7 @@ def deferred_interrupts(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTER
     writes ``.dvc/tmp/rwlock`` and ``dvc.lock`` so; an interrupt in the middle leaves a truncated
     file that every later ``dvc`` command refuses). Outside the main thread, where handlers cannot
     be set, it holds nothing."""
-    if threading.current_thread() is not threading.main_thread():
+    if not on_main_thread():
         yield
         return
     held: list[int] = []
