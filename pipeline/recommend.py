@@ -33,6 +33,7 @@ from pipeline.lib.models import load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, write_json
 from pipeline.lib.pool import ShardPool
 from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.surrogate import mixture_vectors
 from pipeline.lib.targets import load_target
 from pipeline.lib.tokens import shard_token_counts
 
@@ -53,16 +54,10 @@ class Params(StageParams):
 
 def proxy_candidates(path: Path, names: list[str]) -> dict[str, np.ndarray]:
     """The proxy stage's candidate mixtures as weight vectors over ``names``."""
-    proxy = read_json(path, "the proxy stage's metrics")
-    out = {}
-    for mix, entry in proxy["mixtures"].items():
-        if not set(entry["shards"]) <= set(names):
-            raise StageError(f"{path}: mixture {mix} has shards outside 'shards' ({entry['shards']}); rerun 'dvc repro proxy'")
-        w = np.zeros(len(names))
-        for s, x in zip(entry["shards"], entry["weights"]):
-            w[names.index(s)] = x
-        out[mix] = w
-    return out
+    try:
+        return mixture_vectors(read_json(path, "the proxy stage's metrics"), names)
+    except ValueError as e:
+        raise StageError(f"{path}: {e} ('shards' in params.yaml); rerun 'dvc repro proxy'") from None
 
 
 def main(args, cfg: Params) -> None:

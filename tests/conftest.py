@@ -59,6 +59,7 @@ TINY_PARAMS = {
     "eval": {"domains": None, "seq_len": 64, "batch_size": 8},
     "mixtures": {"weighting": "tokens", "subsets": [{"k": 2}]},
     "report": {"bootstrap": 1000},
+    "rank": {"top": 10, "sizes": None, "mixtures": {}},
     "recommend": {"targets": {"prose": {"domains": {"prose": 1.0}}}, "budget": None, "dev_fraction": 0.5,
                   "max_tokens": 1024, "max_mb": 1.0, "steps": 6, "tol": 1e-5, "lr": 2.0, "restarts": 0, "max_shards": None},
     "validation": {"mixtures": {"code+prose": {"shards": ["code", "prose"]}, "prose+legal": {"shards": ["prose", "legal"]},

@@ -104,6 +104,19 @@ def test_from_weights_sections_name_the_key(tmp_path, tiny_params, edit, key, wo
     assert key in msg and words in msg, msg
 
 
+@pytest.mark.parametrize("edit, key, words", [
+    (lambda p: p.update(rank={"mixtures": {"x": {"shards": ["code", "nope"]}}}), "rank.mixtures.x.shards", "unknown shard(s) ['nope']"),
+    (lambda p: p.update(rank={"sizes": [4]}), "rank.sizes", "[4] is more than the 3 shards"),
+    (lambda p: p.update(rank={"sizes": [2, 2]}), "rank.sizes", "listed twice"),
+    (lambda p: p.update(rank={"top": 0}), "rank.top", "greater than 0"),
+])
+def test_the_whole_file_check_names_a_bad_rank_key(tmp_path, tiny_params, edit, key, words):
+    """The check stage (pipeline.params.config) stops dvc repro on these before any stage runs."""
+    edit(tiny_params)
+    msg = _error(tmp_path, tiny_params)
+    assert key in msg and words in msg, msg
+
+
 def test_a_probe_of_an_unknown_domain_names_the_key(tmp_path, tiny_params):
     tiny_params["prepare"] = {**tiny_params["prepare"], "local": [], "domains": ["news_bbc", "email"]}
     tiny_params["shards"] = {"news_bbc": {"domain": "news_bbc"}, "email": {"domain": "email"}}

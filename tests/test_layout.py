@@ -120,8 +120,8 @@ def test_params_schema_imports_nothing_of_the_pipeline():
 
 def test_a_stage_holds_only_the_schemas_of_the_sections_it_reads():
     """An edit to one section's schema makes stale only the stages that read that section."""
-    schema = {f"pipeline/params/{m}.py" for m in ("data", "model", "shards", "mixtures", "evaluation", "report", "recommend",
-                                                  "infer", "select", "config")}
+    schema = {f"pipeline/params/{m}.py" for m in ("data", "model", "shards", "mixtures", "evaluation", "report", "rank",
+                                                  "recommend", "infer", "select", "config")}
     want = {  # stage module -> the section schemas in its code
         "pipeline.check": schema,
         "pipeline.prepare": {"pipeline/params/data.py"},
@@ -132,6 +132,7 @@ def test_a_stage_holds_only_the_schemas_of_the_sections_it_reads():
         "pipeline.plan": {"pipeline/params/mixtures.py", "pipeline/params/shards.py", "pipeline/params/infer.py"},  # probes
         "pipeline.proxy": {"pipeline/params/mixtures.py", "pipeline/params/shards.py", "pipeline/params/evaluation.py"},
         "pipeline.report": {"pipeline/params/mixtures.py", "pipeline/params/shards.py", "pipeline/params/report.py"},
+        "pipeline.rank": {"pipeline/params/mixtures.py", "pipeline/params/shards.py", "pipeline/params/rank.py"},
         "pipeline.gather": {"pipeline/params/data.py", "pipeline/params/recommend.py"},
         "pipeline.recommend": {"pipeline/params/evaluation.py", "pipeline/params/recommend.py", "pipeline/params/shards.py"},
         "pipeline.confirm": {"pipeline/params/evaluation.py", "pipeline/params/model.py", "pipeline/params/recommend.py",

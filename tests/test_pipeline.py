@@ -137,7 +137,7 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     ran = stages_run(out)
     assert_params_declared_as_read(project, trace)
     assert {"prepare", "tokenize", "base", "evaluate_base", "train@code", "train@prose", "train@legal", "proxy",
-            "train_mixture@code+prose", "evaluate_mixture@code+prose+legal", "report", "gather", "recommend@prose",
+            "train_mixture@code+prose", "evaluate_mixture@code+prose+legal", "rank", "report", "gather", "recommend@prose",
             "confirm@prose", "train_probe@skewed", "train_probe@cal", "infer", "select", "report_weights"} <= set(ran), out
 
     # outputs load: corpus, tokens, models (HF folders, safetensors, tokenizer, provenance)
@@ -180,6 +180,11 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     for f in ("summary.md", "scatter.png", "correlation.png"):
         assert (project / "reports/proxy" / f).stat().st_size > 0
     assert "| merged |" in (project / "reports/proxy/summary.md").read_text()
+    rank = json.loads((project / "metrics/rank.json").read_text())  # all 7 subsets of 3 shards listed; the triple held out
+    top = rank["ranking"]["code"]["top"]
+    assert rank["subsets_ranked"] == len(top) == 7 and set(rank["trust"]) == {"code", "prose", "legal"}
+    assert all(abs(e["merged"] - e["nats_vs_seed"]) < 1e-5 for e in top if len(e["shards"]) < 3)  # the lattice, fitted exactly
+    assert "## How far to trust it" in (project / "reports/rank/subsets.md").read_text()
     assert_recommend_outputs(project, "prose")
     assert_from_weights_outputs(project)
 
@@ -202,8 +207,8 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
             assert ran == [], ran
         else:  # every stage with DVC-cached outputs reruns; those whose outputs are all in git (metrics,
             # plots) and whose inputs came out byte-identical have nothing to redo
-            assert set(stages_run(out)) - set(ran) == {"evaluate_base", "proxy", "report", "confirm@prose", "infer", "select",
-                                                       "report_weights"}, ran
+            assert set(stages_run(out)) - set(ran) == {"evaluate_base", "proxy", "rank", "report", "confirm@prose", "infer",
+                                                       "select", "report_weights"}, ran
         assert json.loads(dvc(clone, "status", "--json").stdout) == {}
         assert git_status(clone) == "", f"{name}: {git_status(clone)}"
         assert (clone / "runs").is_dir() or shared_cache  # run records exist, untracked
@@ -249,15 +254,15 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     write_params(project / "params.yaml", params)
     status = dvc(project, "status", "--json").stdout
     stale = set(json.loads(status))
-    # the report reads `shards` too (which eval domains a mixture covers); check and plan read the
+    # the report reads `shards` too (which eval domains a mixture covers), and rank (what it ranks); check and plan read the
     # whole file and `shards`, and write what they wrote before: no truth model is retrained. A new
     # shard is a new choice for every target: recommend and confirm rerun; and a new term of every
     # model's update: infer reruns (select too: it reads `shards` to map a model's shards to domains)
-    assert stale == {"check", "plan", "train@code-b", "evaluate@code-b", "proxy", "report", "recommend@prose", "confirm@prose",
-                     "infer", "select"}, status
+    assert stale == {"check", "plan", "train@code-b", "evaluate@code-b", "proxy", "rank", "report", "recommend@prose",
+                     "confirm@prose", "infer", "select"}, status
     ran = stages_run(dvc(project, "repro").stdout)
-    assert sorted(ran) == ["check", "confirm@prose", "evaluate@code-b", "infer", "plan", "proxy", "recommend@prose", "report",
-                           "report_weights", "select", "train@code-b"], ran
+    assert sorted(ran) == ["check", "confirm@prose", "evaluate@code-b", "infer", "plan", "proxy", "rank", "recommend@prose",
+                           "report", "report_weights", "select", "train@code-b"], ran
 
     # the experiment workflow of the README: a changed recipe, then compare
     git(project, "add", "-A")

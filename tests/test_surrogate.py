@@ -97,6 +97,6 @@ def test_best_subsets_rank_every_subset_by_its_predicted_value():
                 w[list(combo)] = [1.0 if weights == "uniform" else tokens[names[i]] for i in combo]
                 want.append((tuple(names[i] for i in combo), f(w)))
         want.sort(key=lambda t: t[1])
-        got = q.best_subsets([2, 3], weights=weights, tokens=tokens, top=7)
+        got = q.best_subsets([2, 3], base=None if weights == "uniform" else [tokens[n] for n in names], top=7)
         assert [g[0] for g in got] == [w[0] for w in want[:7]]
         assert [g[1] for g in got] == pytest.approx([w[1] for w in want[:7]], abs=1e-12)

@@ -13,13 +13,16 @@ triples, the validation mixtures) says how non-linear the regime is: small, the 
 real merges). Here ``f`` is a log-perplexity (nats per token), per eval domain or per target.
 
 :meth:`Quadratic.minimize` finds its minimum on the simplex (a small quadratic program, not
-necessarily convex: SLSQP from every vertex, the centre and seeded random starts).
+necessarily convex: SLSQP from every vertex, the centre and seeded random starts);
+:func:`rank_subsets` predicts every subset of the shards at once (vectorised, in chunks), for any
+number of models (eval domains); :func:`fit_proxy` fits one per eval domain of the proxy stage's scores.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,17 +68,53 @@ class Quadratic:
         w[idx] = best_v
         return w, best_f
 
-    def best_subsets(self, sizes: Sequence[int], weights: str = "uniform", tokens: Mapping[str, float] | None = None,
-                     top: int = 10) -> list[tuple[tuple[str, ...], float]]:
-        """The ``top`` subsets of the given sizes by predicted f (weights uniform, or token-proportional)."""
-        out = []
-        for size in sizes:
-            for combo in itertools.combinations(range(len(self.names)), size):
-                w = np.zeros(len(self.names))
-                for i in combo:
-                    w[i] = 1.0 if weights == "uniform" else float(tokens[self.names[i]])
-                out.append((tuple(self.names[i] for i in combo), self.predict(w)))
-        return sorted(out, key=lambda t: t[1])[:top]
+    def predict_many(self, W: np.ndarray) -> np.ndarray:
+        """f at each row of ``W`` (rows already on the simplex)."""
+        return W @ self.b + 0.5 * np.einsum("ij,ij->i", W @ self.B, W)
+
+    def best_subsets(self, sizes: Sequence[int], base: Sequence[float] | None = None, top: int = 10) -> list[tuple[tuple[str, ...], float]]:
+        """The ``top`` subsets of the given sizes by predicted f: :func:`rank_subsets` of this model alone."""
+        return rank_subsets({"f": self}, sizes, base, top)["f"]
+
+
+def mean_of(quads: Sequence[Quadratic]) -> Quadratic:
+    """The mean of models over the same shards (a mean of quadratics is the quadratic of the mean)."""
+    names = quads[0].names
+    if any(q.names != names for q in quads):
+        raise ValueError("the models are over different shards")
+    return Quadratic(names, np.mean([q.b for q in quads], axis=0), np.mean([q.B for q in quads], axis=0))
+
+
+def subsets(k: int, sizes: Sequence[int], chunk: int = 1 << 16) -> Iterator[np.ndarray]:
+    """Every subset of ``range(k)`` of the given sizes, in that order and then lexicographic, as 0/1 rows in chunks."""
+    for size in sizes:
+        combos = itertools.combinations(range(k), size)
+        while block := list(itertools.islice(combos, chunk)):
+            rows = np.zeros((len(block), k))
+            np.put_along_axis(rows, np.array(block, dtype=np.int64).reshape(len(block), size), 1.0, axis=1)
+            yield rows
+
+
+def rank_subsets(quads: Mapping[str, Quadratic], sizes: Sequence[int], base: Sequence[float] | None = None,
+                 top: int = 10, chunk: int = 1 << 16) -> dict[str, list[tuple[tuple[str, ...], float]]]:
+    """Per model, the ``top`` subsets of the shards of the given sizes by predicted f, lowest first (ties:
+    in subset order). A subset's weights are ``base`` over its shards (each shard's token count for the
+    ``tokens`` weighting; None: uniform), normalised. Every model is over the same shards. ``chunk``:
+    subsets predicted at a time (memory: ``chunk`` x K floats)."""
+    names = next(iter(quads.values())).names
+    k = len(names)
+    base = np.ones(k) if base is None else np.asarray(base, dtype=np.float64)
+    best: dict[str, tuple[np.ndarray, np.ndarray]] = {m: (np.empty((0, k)), np.empty(0)) for m in quads}
+    for rows in subsets(k, sizes, chunk):
+        W = rows * base
+        W /= W.sum(axis=1, keepdims=True)
+        for m, q in quads.items():
+            keep_rows, keep_vals = best[m]
+            rows_m = np.concatenate([keep_rows, rows])
+            vals = np.concatenate([keep_vals, q.predict_many(W)])
+            idx = np.argsort(vals, kind="stable")[:top]
+            best[m] = rows_m[idx], vals[idx]
+    return {m: [(tuple(names[i] for i in np.flatnonzero(r)), float(v)) for r, v in zip(*best[m])] for m in quads}
 
 
 def _simplex(w: Sequence[float] | np.ndarray, k: int) -> np.ndarray:
@@ -118,33 +157,79 @@ def fit(names: Sequence[str], singles: Mapping[str, float], pairs: Sequence[tupl
     return Quadratic(names, b, B)
 
 
+def mixture_vectors(proxy: dict, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The mixtures the proxy stage scored (``metrics/proxy.json``) as weight vectors over ``names``.
+    ValueError naming a mixture with a shard outside ``names``."""
+    names = list(names)
+    out = {}
+    for mix, entry in proxy["mixtures"].items():
+        if not set(entry["shards"]) <= set(names):
+            raise ValueError(f"mixture {mix} has shards outside {names}: {entry['shards']}")
+        w = np.zeros(len(names))
+        for s, x in zip(entry["shards"], entry["weights"]):
+            w[names.index(s)] = x
+        out[mix] = w
+    return out
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """Per eval domain of the proxy stage's scores: the surrogate of the merged log-perplexity, fitted on the
+    shards alone and the pairs, and the merges it was not fitted to (mixture -> (weights, log-perplexity))."""
+
+    names: tuple[str, ...]
+    models: dict[str, Quadratic]
+    held: dict[str, dict[str, tuple[np.ndarray, float]]]
+
+
+def fit_proxy(proxy: dict) -> Fitted:
+    """The surrogates of ``metrics/proxy.json``, each pair's first merge the one fitted (another merge of
+    the same pair, at other weights, is held out); ValueError naming what is missing (a shard alone, a pair)."""
+    names = tuple(proxy["shards"])
+    vectors = mixture_vectors(proxy, names)
+    lattice, seen = set(), set()
+    for mix, e in proxy["mixtures"].items():
+        if e["k"] == 2 and frozenset(e["shards"]) not in seen:
+            seen.add(frozenset(e["shards"]))
+            lattice.add(mix)
+    models, held = {}, {}
+    for d in proxy["eval"]["domains"]:
+        singles = {s: math.log(proxy["shards"][s]["eval"][d]["ppl"]) for s in names}
+        values = {mix: math.log(e["eval"][d]["ppl"]) for mix, e in proxy["mixtures"].items()}
+        models[d] = fit(names, singles, [(vectors[m], values[m]) for m in proxy["mixtures"] if m in lattice])
+        held[d] = {m: (vectors[m], v) for m, v in values.items() if m not in lattice}
+    return Fitted(names, models, held)
+
+
+def judged(fitted: Fitted) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per eval domain with held-out merges: their real values and the surrogate's predictions."""
+    out = {}
+    for d, q in fitted.models.items():
+        held = list(fitted.held[d].values())
+        if held:
+            out[d] = np.array([v for _, v in held]), np.array([q.predict(w) for w, _ in held])
+    return out
+
+
 def regime(proxy: dict) -> dict:
     """The surrogate as a regime diagnostic of the proxy stage's scores (``metrics/proxy.json``): per eval
     domain, fitted on the shards alone and the pairs, its error on every other merge the stage scored
     (triples, validation mixtures), against their spread and the linear (mean of shards) model's error.
     Empty when the stage scored no mixture beyond pairs, or not every pair."""
-    import math
-
-    names = list(proxy["shards"])
+    try:
+        fitted = fit_proxy(proxy)
+    except ValueError:
+        return {}
+    held = judged(fitted)
+    if set(held) != set(fitted.models):
+        return {}
     out: dict = {}
-    for d in proxy["eval"]["domains"]:
-        singles = {s: math.log(proxy["shards"][s]["eval"][d]["ppl"]) for s in names}
-        pairs, held = [], []
-        for e in proxy["mixtures"].values():
-            w = np.zeros(len(names))
-            for s, x in zip(e["shards"], e["weights"]):
-                w[names.index(s)] = x
-            (pairs if e["k"] == 2 else held).append((w, math.log(e["eval"][d]["ppl"])))
-        try:
-            q = fit(names, singles, pairs)
-        except ValueError:
-            return {}
-        if not held:
-            return {}
-        err = [abs(q.predict(w) - v) for w, v in held]
-        lin = [abs(float(q.b @ (w / w.sum())) - v) for w, v in held]
-        out[d] = {"held_out": len(held), "max_abs_error": max(err), "mean_abs_error": float(np.mean(err)),
-                  "spread": max(v for _, v in held) - min(v for _, v in held), "linear_mean_abs_error": float(np.mean(lin))}
+    for d, (real, pred) in held.items():
+        q = fitted.models[d]
+        err = np.abs(pred - real)
+        lin = [abs(float(q.b @ (w / w.sum())) - v) for w, v in fitted.held[d].values()]
+        out[d] = {"held_out": len(real), "max_abs_error": float(err.max()), "mean_abs_error": float(err.mean()),
+                  "spread": float(real.max() - real.min()), "linear_mean_abs_error": float(np.mean(lin))}
     return out
 
 

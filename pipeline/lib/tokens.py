@@ -157,14 +157,31 @@ def shard_slice(name: str, spec: ShardSpec, tokens_dir: Path) -> Slice:
         raise StageError(f"shards.{name}.domain: no training tokens for domain {spec.domain!r} ({path} is missing); "
                          f"the corpus has {have}: fix the shard's domain in params.yaml or add the domain to prepare")
     f = TokenFile.open(path)
-    n = f.tokens
-    start, end = n * spec.piece // spec.of, n * (spec.piece + 1) // spec.of
-    return Slice(name, f, start, end)
+    return Slice(name, f, *piece_range(f.tokens, spec))
+
+
+def piece_range(n: int, spec: ShardSpec) -> tuple[int, int]:
+    """``[start, end)`` of shard ``spec`` in its domain's ``n`` training tokens (equal pieces)."""
+    return n * spec.piece // spec.of, n * (spec.piece + 1) // spec.of
 
 
 def shard_token_counts(shards: dict[str, ShardSpec], tokens_dir: Path) -> dict[str, int]:
     """Training tokens of each shard: what the ``tokens`` weighting of mixtures is proportional to."""
     return {name: shard_slice(name, spec, tokens_dir).tokens for name, spec in shards.items()}
+
+
+def shard_token_counts_in(metrics: Path, shards: dict[str, ShardSpec]) -> dict[str, int]:
+    """The same counts from the tokenize stage's metrics (``metrics/tokens.json``), without the token files."""
+    domains = read_json(metrics, "the tokenize stage's metrics").get("domains", {})
+    out = {}
+    for name, spec in shards.items():
+        n = domains.get(spec.domain, {}).get("train_tokens")
+        if n is None:
+            raise StageError(f"{metrics}: no train_tokens for domain {spec.domain!r} (shards.{name}.domain); "
+                             f"rerun 'dvc repro tokenize' or fix the shard's domain in params.yaml")
+        start, end = piece_range(int(n), spec)
+        out[name] = end - start
+    return out
 
 
 def windows_in(s: Slice, seq_len: int) -> int:

@@ -15,6 +15,7 @@ from pipeline.params.device import DeviceName, Precision, SaveDtype
 from pipeline.params.evaluation import EvalConfig
 from pipeline.params.infer import InferConfig
 from pipeline.params.mixtures import MixturesConfig, ValidationConfig
+from pipeline.params.rank import RankConfig
 from pipeline.params.recommend import RecommendConfig
 from pipeline.params.model import BaseConfig, ModelConfig, OptimConfig
 from pipeline.params.report import ReportConfig
@@ -40,16 +41,19 @@ class Config(StageParams):
     mixtures: MixturesConfig = MixturesConfig()
     validation: ValidationConfig = ValidationConfig()
     report: ReportConfig = ReportConfig()
+    rank: RankConfig = RankConfig()
     recommend: RecommendConfig = RecommendConfig()
     infer: InferConfig = InferConfig()
     select: SelectConfig = SelectConfig()
 
     @model_validator(mode="after")
-    def _models_from_weights(self) -> Config:
-        """Probes name shards or corpus domains; ``infer.models`` and ``select.models`` name known models."""
+    def _names_across_sections(self) -> Config:
+        """Probes name shards or corpus domains; ``infer.models`` and ``select.models`` name known models;
+        ``rank`` names shards and sizes that exist."""
         domains = None if self.prepare.local else list(self.prepare.domains)
         self.infer.check_names(list(self.shards), domains, list(self.validation.mixtures))
         self.select.check_names([*self.validation.mixtures, *self.infer.probes])
+        self.rank.check_shards(list(self.shards))
         return self
 
 
