@@ -87,14 +87,14 @@ def main(args, cfg: Params) -> None:
     run = RunRecord("confirm", args.target)
     rec = read_json(args.recommend, "the recommend stage's output")
     target = load_target(args.targets, args.target, cfg.eval.seq_len)
-    trained = {}
-    for first, same in distinct_mixtures(rec["methods"]).items():
+    trained, groups = {}, distinct_mixtures(rec["methods"])
+    for first, same in groups.items():
         seed = cfg.seed + sum(map(ord, f"{args.target}/{first}"))
         res = train_and_score(cfg, args, rec["methods"][first]["weights"], seed, f"confirm {args.target} {first}", target, place)
         for name in same:
             trained[name] = {**res, "trained_as": first}
         log.info("%s: %s: test %.5f (proxy predicted %.5f)", args.target, "=".join(same), res["test"], rec["methods"][first]["test"])
-    first = next(f for f, same in distinct_mixtures(rec["methods"]).items() if "recommended" in same)
+    first = next(f for f, same in groups.items() if "recommended" in same)
     seed = cfg.seed + sum(map(ord, f"{args.target}/{first}")) + 1
     replicate = train_and_score(cfg, args, rec["methods"]["recommended"]["weights"], seed, f"confirm {args.target} replicate", target, place)
     noise = abs(replicate["test"] - trained["recommended"]["test"])
@@ -108,7 +108,7 @@ def main(args, cfg: Params) -> None:
     advice.render_png(args.target, out["verdict"], args.plot)
     write_text_atomic(args.report, advice.markdown(args.target, out["verdict"]))
     write_json(args.out, out)
-    run.write(trainings=len(distinct_mixtures(rec["methods"])) + 1, **place.facts())
+    run.write(trainings=len(groups) + 1, **place.facts())
     margins = {n: m["test"] - trained["recommended"]["test"] for n, m in trained.items() if n != "recommended"}
     log.info("%s: recommended test %.5f, noise %.5f; rivals minus recommended: %s", args.target, trained["recommended"]["test"],
              noise, {n: round(v, 5) for n, v in margins.items()})

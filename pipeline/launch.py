@@ -39,7 +39,7 @@ from pipeline.lib.dvcrepo import Pipeline
 from pipeline.lib.engines import ENGINES, Engine, Job, LocalEngine, RayEngine, SubmititEngine, local_gpus
 from pipeline.lib.outputs import write_json
 from pipeline.lib.resources import Resources, check_flags, key_value, on_this_machine, params_of, positive, resources
-from pipeline.lib.runtime import THREADS_ENV, StageError, raise_interrupt, setup_logging, usable_cpus
+from pipeline.lib.runtime import THREADS_ENV, StageError, interpreter_first_path, raise_interrupt, setup_logging, usable_cpus
 
 log = logging.getLogger("pipeline.launch")
 POLL_S = 0.5
@@ -88,7 +88,7 @@ class Launch:
     def job(self, name: str) -> Job:
         info = self.pipe.info[name]
         env = {"DVC_ROOT": str(self.root), "DVC_STAGE": name, "OMP_NUM_THREADS": str(self.res.threads),
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+               "PATH": interpreter_first_path()}
         if self.res.share:
             env[THREADS_ENV] = str(self.res.threads)
         return Job(name, info.cmd, str(info.wdir), str(self.logs / f"{name}.log"), self.res.threads, self.res.gpus, env)

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pipeline.bench._fixtures import stdlib_corpus_rows
+from pipeline.lib.runtime import interpreter_first_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,7 +94,7 @@ def project_env() -> dict[str, str]:
     repository's kernel build cache (no rebuild per copy), offline hubs."""
     return {
         **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": interpreter_first_path(),
         "SHARDMIX_EXTENSIONS_DIR": os.environ.get("SHARDMIX_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions")),
         "HF_HUB_OFFLINE": "1",
         "DVC_NO_ANALYTICS": "1",

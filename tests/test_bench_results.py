@@ -17,3 +17,16 @@ def test_results_csv_keeps_old_rows_when_columns_change(tmp_path, monkeypatch):
     assert rows[0]["by_k"] == '{"2": 1.0}' and rows[0]["new_field"] == ""
     assert rows[1]["new_field"] == "3" and rows[1]["by_k"] == ""
     assert not list(tmp_path.glob("*.old.csv")) and not list(tmp_path.glob("*.tmp"))
+
+
+def test_every_benchmark_appends_a_row_per_run_with_csv(tmp_path, capsys):
+    """``--csv PATH`` (merge, xent, launch) keeps earlier runs: emit appends, and the JSON stays the last line."""
+    from pipeline.bench import emit
+
+    path = tmp_path / "merge.csv"
+    emit({"K": 8, "fused_gbps": 40.5}, csv_path=path, table=False)
+    emit({"K": 8, "fused_gbps": 38.9}, csv_path=path, table=False)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["fused_gbps"] for r in rows] == ["40.5", "38.9"] and all(r["date"] for r in rows)
+    assert capsys.readouterr().out.splitlines()[-1] == '{"K": 8, "fused_gbps": 38.9}'

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from pipeline.lib import engines
-from pipeline.lib.runtime import StageError, deferred_interrupts, raise_interrupt, resolved_threads, usable_cpus
+from pipeline.lib.runtime import StageError, deferred_interrupts, interpreter_first_path, raise_interrupt, resolved_threads, usable_cpus
 from tests.conftest import TINY_PARAMS, dvc, edited_params, make_project, project_env
 
 TARGETS = ["evaluate"]
@@ -362,3 +362,12 @@ def test_a_job_whose_shell_is_killed_leaves_nothing_running(via, tmp_path, monke
         worker.join(timeout=30)
         assert result == [-signal.SIGKILL]
     assert not _live(child)  # SIGTERMed with the job's process group once the shell had ended
+
+
+def test_child_processes_find_this_interpreters_tools_first(monkeypatch):
+    """The PATH launch and the tests give jobs: this interpreter's folder (its dvc, ninja) ahead of the rest."""
+    here = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", "/bin"]))
+    assert interpreter_first_path().split(os.pathsep) == [here, "/usr/bin", "/bin"]
+    monkeypatch.delenv("PATH")
+    assert interpreter_first_path() == here

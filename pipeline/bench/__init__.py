@@ -1,19 +1,21 @@
 """Benchmarks of shardmix: ``python -m pipeline.bench <name> [args]`` runs ``pipeline.bench.<name>``.
 
 Each benchmark module has ``main(argv) -> int`` and prints, as its LAST line, one JSON object of
-its figures. Results of full runs are kept as CSV files in ``pipeline/bench/results/``.
+its figures. Results of full runs are kept as CSV files in ``pipeline/bench/results/``, a row per run
+(``--csv PATH`` appends one).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["emit", "interleaved_medians"]
+__all__ = ["append_row", "emit", "interleaved_medians"]
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
@@ -39,13 +41,32 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def append_row(path: Path, row: dict) -> Path:
+    """Append ``row`` (with the date first) to the CSV at ``path``, one run per row. When the columns
+    changed, the file is rewritten (atomically) with the union of the columns, so earlier runs stay
+    beside the new one. Dict values are stored as JSON."""
+    from pipeline.lib.outputs import write_text_atomic
+
+    flat = {"date": time.strftime("%Y-%m-%d %H:%M"), **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()}}
+    rows = []
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    fields = list(dict.fromkeys([*flat, *(k for r in rows for k in r)]))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, restval="")
+    w.writeheader()
+    w.writerows([*rows, flat])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, buf.getvalue())
+    return path
+
+
 def emit(result: dict, *, csv_path: Path | None, table: bool) -> None:
-    """Write ``result`` as a key,value CSV (if asked), print it as a table (if asked), then print
-    it as one JSON object: always the last line, which scripts and CI parse."""
+    """Append ``result`` as a row to a CSV (if asked: :func:`append_row`), print it as a table (if
+    asked), then print it as one JSON object: always the last line, which scripts and CI parse."""
     if csv_path is not None:
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(csv_path, "w", newline="") as fh:
-            csv.writer(fh).writerows([["key", "value"], *result.items()])
+        append_row(csv_path, result)
     if table:
         width = max(map(len, result))
         for key, value in result.items():

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from pipeline.bench import emit
+from pipeline.lib.runtime import interpreter_first_path
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -72,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch clone")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    env_path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    os.environ.update(PATH=env_path, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
+    os.environ.update(PATH=interpreter_first_path(), DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1")
     # the clone reuses this repository's kernel build instead of compiling inside an arm
     os.environ.setdefault("SHARDMIX_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
 

@@ -50,8 +50,6 @@ the last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import logging
 import os
@@ -60,6 +58,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.bench import append_row
 from pipeline.bench._fixtures import CACHE, REPO, ensure_eval_tokens, ensure_shards, ensure_smollm2, random_llama, tiny_seed, warm
 from pipeline.bench._proxy_summary import MULTI_M, round_or_none, summarise, summarise_multi, triad_gbps
 
@@ -204,23 +203,8 @@ def _run_method(meth: str, spec: dict) -> dict:
 
 
 def write_csv(row: dict, quick: bool) -> Path:
-    """Append ``row`` to ``results/proxy[_quick].csv``. When the columns changed, the file is
-    rewritten (atomically) with the union of the columns, so earlier runs stay beside the new one."""
-    from pipeline.lib.outputs import write_text_atomic
-
-    path = RESULTS / f"proxy{'_quick' if quick else ''}{'_' + row['device'] if row.get('device', 'cpu') != 'cpu' else ''}.csv"
-    flat = {"date": time.strftime("%Y-%m-%d %H:%M"), **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()}}
-    rows = []
-    if path.exists():
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    fields = list(dict.fromkeys([*flat, *(k for r in rows for k in r)]))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, restval="")
-    w.writeheader()
-    w.writerows([*rows, flat])
-    write_text_atomic(path, buf.getvalue())
-    return path
+    """Append ``row`` to ``results/proxy[_quick][_device].csv`` (:func:`pipeline.bench.append_row`)."""
+    return append_row(RESULTS / f"proxy{'_quick' if quick else ''}{'_' + row['device'] if row.get('device', 'cpu') != 'cpu' else ''}.csv", row)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -119,6 +119,12 @@ def resolved_threads(threads: int) -> int:
     return usable_cpus()
 
 
+def interpreter_first_path() -> str:
+    """PATH with this interpreter's folder first, for child processes: its python, dvc and ninja,
+    not whatever an activated or system environment puts first."""
+    return os.pathsep.join([str(Path(sys.executable).parent)] + ([os.environ["PATH"]] if os.environ.get("PATH") else []))
+
+
 def usable_cpus() -> int:
     """The cores this process may run on (its CPU affinity), else the machine's."""
     if hasattr(os, "sched_getaffinity"):
