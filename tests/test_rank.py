@@ -171,3 +171,16 @@ def test_a_second_merge_of_a_pair_is_held_out_not_an_error():
     d = PROXY["eval"]["domains"][0]
     assert "again" in fitted.held[d] and len(fitted.held[d]) == len(surrogate.fit_proxy(PROXY).held[d]) + 1
     assert surrogate.regime(proxy)[d]["held_out"] == surrogate.regime(PROXY)[d]["held_out"] + 1
+
+
+def test_the_default_sizes_stay_within_the_limit_and_explicit_ones_past_it_are_an_error():
+    """Many shards with ``sizes: null`` rank the smallest sizes that fit, not an error for a section left alone."""
+    from pipeline.params.rank import MAX_RANKED, RankConfig
+
+    assert RankConfig().sizes_for(10) == list(range(1, 11)) and RankConfig().sizes_for(19) == list(range(1, 20))
+    names = [f"s{i}" for i in range(25)]
+    assert RankConfig().sizes_for(25) == list(range(1, 8))  # 726,205 subsets; with size 8, 1.8 million
+    assert sum(math.comb(25, s) for s in range(1, 8)) <= MAX_RANKED < sum(math.comb(25, s) for s in range(1, 9))
+    RankConfig().check_shards(names)
+    with pytest.raises(ValueError, match=r"rank.sizes: 5200300 subsets of 25 shards at sizes \[12\]"):
+        RankConfig(sizes=[12]).check_shards(names)

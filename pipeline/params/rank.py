@@ -16,7 +16,7 @@ MAX_RANKED = 1_000_000  # subsets predicted per eval domain: past this, name the
 
 class RankConfig(Section):
     top: PositiveInt = 10  # subsets listed per eval domain and overall
-    sizes: list[Annotated[int, Field(ge=1)]] | None = None  # subset sizes ranked (null: every size, 1 to the number of shards)
+    sizes: list[Annotated[int, Field(ge=1)]] | None = None  # subset sizes ranked (null: every size that fits MAX_RANKED)
     mixtures: dict[str, ExplicitMixture] = Field(default_factory=dict)  # any weights to predict, named
 
     @field_validator("mixtures")
@@ -35,10 +35,20 @@ class RankConfig(Section):
         return sizes
 
     def sizes_for(self, shards: int) -> list[int]:
-        return sorted(self.sizes) if self.sizes is not None else list(range(1, shards + 1))
+        """The sizes ranked: ``sizes``, else every size while the count stays within MAX_RANKED (all 2^K - 1
+        subsets up to K = 19; beyond, the smallest sizes)."""
+        if self.sizes is not None:
+            return sorted(self.sizes)
+        out, total = [], 0
+        for size in range(1, shards + 1):
+            total += math.comb(shards, size)
+            if total > MAX_RANKED:
+                break
+            out.append(size)
+        return out
 
     def check_shards(self, known: Iterable[str]) -> None:
-        """Raise ValueError naming the params key: an unknown shard, a size past the shards, too many subsets."""
+        """Raise ValueError naming the params key: an unknown shard, a size past the shards, too many subsets asked for."""
         known = list(known)
         check_members(self.mixtures, "rank.mixtures", known)
         sizes = self.sizes_for(len(known))
