@@ -127,7 +127,8 @@ def rank(cfg: Params, proxy: dict, path: Path, base: np.ndarray) -> dict:
     quads = relative(fit, seed)
     scored = scored_values(proxy, names, seed)
     sizes = cfg.rank.sizes_for(len(names))
-    ranked = surrogate.rank_subsets(quads, sizes, base, cfg.rank.top)
+    by_size = {size: surrogate.rank_subsets(quads, [size], base, cfg.rank.top) for size in sizes}  # one pass over all
+    ranked = {key: sorted((e for r in by_size.values() for e in r[key]), key=lambda e: e[1])[:cfg.rank.top] for key in quads}
 
     def entry(key: str, shards: tuple[str, ...], value: float) -> dict:
         w = np.array([base[i] if s in shards else 0.0 for i, s in enumerate(names)])
@@ -138,6 +139,7 @@ def rank(cfg: Params, proxy: dict, path: Path, base: np.ndarray) -> dict:
         w, value = q.minimize(seed=cfg.seed)
         best = min(scored, key=lambda t: t[1][key])
         out[key] = {"top": [entry(key, s, v) for s, v in ranked[key]],
+                    "best_of_size": [{"size": size, **entry(key, *r[key][0])} for size, r in by_size.items()],
                     "optimum": {"weights": weights_dict(names, w), "nats_vs_seed": round(value, 6)},
                     "best_scored": {"weights": weights_dict(names, best[0]), "nats_vs_seed": round(best[1][key], 6)}}
     mixtures = {}
@@ -189,6 +191,11 @@ def markdown(res: dict) -> str:
     lines += ["| rank | subset | predicted | merged |", "|---|---|---|---|"]
     lines += [f"| {i} | {'+'.join(e['shards'])} | {e['nats_vs_seed']:+.5f} | "
               f"{'-' if e['merged'] is None else format(e['merged'], '+.5f')} |" for i, e in enumerate(top, 1)]
+    lines += ["", "## The best subset of each size, on the mean over eval domains", "",
+              "If you can train on k shards only. 'vs best': how much worse than the best subset of any size.", "",
+              "| size | subset | predicted | vs best | merged |", "|---|---|---|---|---|"]
+    lines += [f"| {e['size']} | {'+'.join(e['shards'])} | {e['nats_vs_seed']:+.5f} | {e['nats_vs_seed'] - top[0]['nats_vs_seed']:+.5f} | "
+              f"{'-' if e['merged'] is None else format(e['merged'], '+.5f')} |" for e in rk[MEAN]["best_of_size"]]
     lines += ["", "## Best per eval domain", "",
               "Best weights: the surrogate's minimum over all weights; best scored: the best merge the proxy stage scored.", "",
               "| domain | first | second | third | best weights | best scored |", "|---|---|---|---|---|---|"]

@@ -74,6 +74,11 @@ def test_its_values_are_the_surrogate_of_the_proxy_scores_minus_the_seed(committ
     best = min(fitted.models[d].predict(np.array([t[i] if i in c else 0.0 for i in range(len(names))])) - seed
                for size in range(1, len(names) + 1) for c in itertools.combinations(range(len(names)), size))
     assert first["nats_vs_seed"] == pytest.approx(best, abs=1e-6)
+    for e in committed["ranking"][d]["best_of_size"]:  # the best of each size, by brute force over that size
+        want = min((fitted.models[d].predict(np.array([t[i] if i in c else 0.0 for i in range(len(names))])) - seed, c)
+                   for c in itertools.combinations(range(len(names)), e["size"]))
+        assert e["nats_vs_seed"] == pytest.approx(want[0], abs=1e-6) and e["shards"] == [names[i] for i in want[1]]
+    assert [e["size"] for e in committed["ranking"][d]["best_of_size"]] == list(range(1, len(names) + 1))
     w = np.zeros(len(names))
     w[names.index("docs_perl")], w[names.index("news_bbc")] = 0.75, 0.25
     got = committed["mixtures"]["perl_heavy"]
@@ -91,6 +96,7 @@ def test_its_trust_table_is_the_error_on_the_merges_it_was_not_fitted_to(committ
         assert t["spearman"] > 0.9  # the default run: errors of 1e-5 against spreads of 1e-2
     md = committed["_md"]
     assert "## How far to trust it" in md and "a tie that only real merges" in md and "## Your mixtures" in md
+    assert "## The best subset of each size" in md
 
 
 def test_the_fast_ranking_equals_brute_force_across_chunks():
