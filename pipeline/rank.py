@@ -127,7 +127,7 @@ def rank(cfg: Params, proxy: dict, path: Path, base: np.ndarray) -> dict:
     quads = relative(fit, seed)
     scored = scored_values(proxy, names, seed)
     sizes = cfg.rank.sizes_for(len(names))
-    by_size = {size: surrogate.rank_subsets(quads, [size], base, cfg.rank.top) for size in sizes}  # one pass over all
+    by_size = {size: surrogate.rank_subsets(quads, [size], base, cfg.rank.top) for size in sizes}  # the overall top: merged from these
     ranked = {key: sorted((e for r in by_size.values() for e in r[key]), key=lambda e: e[1])[:cfg.rank.top] for key in quads}
 
     def entry(key: str, shards: tuple[str, ...], value: float) -> dict:
