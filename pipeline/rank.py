@@ -31,6 +31,7 @@ from pipeline.params.mixtures import MixturesConfig
 from pipeline.params.rank import RankConfig
 from pipeline.params.shards import Shards
 from pipeline.lib import surrogate
+from pipeline.lib.mixtures import mixture_weights
 from pipeline.lib.outputs import atomic_dir, made_by, read_json, write_json
 from pipeline.lib.runtime import StageError, run_stage, stage_parser
 from pipeline.lib.stats import spearman
@@ -56,16 +57,23 @@ class Params(StageParams):
         return self
 
 
-def base_weights(cfg: Params, tokens: Path) -> np.ndarray:
-    """A shard's weight in any subset before normalising: its training tokens, or 1 (``mixtures.weighting``)."""
-    if cfg.mixtures.weighting == "uniform":
-        return np.ones(len(cfg.shards))
-    counts = shard_token_counts_in(tokens, cfg.shards)
-    empty = [s for s, n in counts.items() if n <= 0]
-    if empty:
-        raise StageError(f"{tokens}: shard(s) {empty} have no training tokens, so 'tokens' weighting is undefined; "
-                         f"set mixtures.weighting: uniform or give them data")
-    return np.array([counts[s] for s in cfg.shards], dtype=np.float64)
+class Weights:
+    """A mixture's weights as the proxy stage weights its candidates (:func:`pipeline.lib.mixtures.mixture_weights`):
+    its ratios, else ``mixtures.weighting`` (the shards' training tokens, from the tokenize stage's metrics)."""
+
+    def __init__(self, cfg: Params, tokens: Path):
+        self.names, self.path, self.weighting = list(cfg.shards), tokens, cfg.mixtures.weighting
+        self.counts = shard_token_counts_in(tokens, cfg.shards) if self.weighting == "tokens" else None
+
+    def of(self, members, ratios=None, key: str = "mixtures.weighting") -> np.ndarray:
+        """The weights of ``members`` as a vector over all shards (0 elsewhere); StageError naming ``key``."""
+        try:
+            w = mixture_weights(members, ratios, key, self.weighting, self.counts)
+        except ValueError as e:
+            raise StageError(f"{self.path}: {e}") from None
+        out = np.zeros(len(self.names))
+        out[[self.names.index(s) for s in members]] = w
+        return out
 
 
 def fitted(proxy: dict, path: Path, names: list[str]) -> surrogate.Fitted | str:
@@ -117,7 +125,7 @@ def weights_dict(names, w: np.ndarray) -> dict[str, float]:
     return {s: round(float(x), 5) for s, x in zip(names, w) if x >= 5e-6}
 
 
-def rank(cfg: Params, proxy: dict, path: Path, base: np.ndarray) -> dict:
+def rank(cfg: Params, proxy: dict, path: Path, weights: Weights) -> dict:
     names = list(cfg.shards)
     fit = fitted(proxy, path, names)
     if isinstance(fit, str):
@@ -127,6 +135,7 @@ def rank(cfg: Params, proxy: dict, path: Path, base: np.ndarray) -> dict:
     quads = relative(fit, seed)
     scored = scored_values(proxy, names, seed)
     sizes = cfg.rank.sizes_for(len(names))
+    base = weights.of(names)  # each shard's weight in any subset, before the subset is normalised
     by_size = {size: surrogate.rank_subsets(quads, [size], base, cfg.rank.top) for size in sizes}  # the overall top: merged from these
     ranked = {key: sorted((e for r in by_size.values() for e in r[key]), key=lambda e: e[1])[:cfg.rank.top] for key in quads}
 
@@ -144,10 +153,7 @@ def rank(cfg: Params, proxy: dict, path: Path, base: np.ndarray) -> dict:
                     "best_scored": {"weights": weights_dict(names, best[0]), "nats_vs_seed": round(best[1][key], 6)}}
     mixtures = {}
     for name, mix in cfg.rank.mixtures.items():
-        w = np.zeros(len(names))
-        for s, r in zip(mix.shards, mix.ratios or [base[names.index(s)] for s in mix.shards]):
-            w[names.index(s)] = r
-        w /= w.sum()
+        w = weights.of(mix.shards, mix.ratios, f"rank.mixtures.{name}")
         mixtures[name] = {"weights": weights_dict(names, w), "nats_vs_seed": {k: round(q.predict(w), 6) for k, q in quads.items()}}
     return {"shards": names, "weighting": cfg.mixtures.weighting, "sizes": sizes,
             "subsets_ranked": sum(math.comb(len(names), s) for s in sizes), "trust": trust(fit),
@@ -216,7 +222,7 @@ def markdown(res: dict) -> str:
 
 def main(args, cfg: Params) -> None:
     proxy = read_json(args.proxy, "the proxy stage's metrics")
-    res = rank(cfg, proxy, args.proxy, base_weights(cfg, args.tokens))
+    res = rank(cfg, proxy, args.proxy, Weights(cfg, args.tokens))
     with atomic_dir(args.reports) as tmp:
         (tmp / "subsets.md").write_text(markdown(res))
     write_json(args.out, {**res, "made_by": made_by("rank", proxy=str(args.proxy))})

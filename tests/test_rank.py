@@ -190,3 +190,11 @@ def test_the_default_sizes_stay_within_the_limit_and_explicit_ones_past_it_are_a
     RankConfig().check_shards(names)
     with pytest.raises(ValueError, match=r"rank.sizes: 5200300 subsets of 25 shards at sizes \[12\]"):
         RankConfig(sizes=[12]).check_shards(names)
+
+
+def test_a_shard_without_training_tokens_is_an_error_under_token_weighting(tmp_path, caplog):
+    tokens = json.loads((REPO / "metrics/tokens.json").read_text())
+    tokens["domains"]["email"]["train_tokens"] = 0
+    (tmp_path / "tokens.json").write_text(json.dumps(tokens))
+    code, out = run(tmp_path, PARAMS, tokens=tmp_path / "tokens.json")
+    assert code == 2 and "mixtures.weighting: shard(s) ['email'] have no training tokens" in caplog.text and not out.exists()
