@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from pipeline.params.core import StageParams, Threads
-from pipeline.params.device import DeviceName, Precision, SaveDtype
+from pipeline.params.device import ModelStageParams, SaveDtype
 from pipeline.params.model import BaseConfig, ModelConfig
 from pipeline.lib.models import build_model, count_params, load_model, load_tokenizer, save_model
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, write_json
@@ -27,13 +26,10 @@ from pipeline.lib.training import train_model
 log = logging.getLogger(__name__)
 
 
-class Params(StageParams):
+class Params(ModelStageParams):
     """The params base reads."""
 
     seed: int = 0
-    threads: Threads = 0
-    device: DeviceName = "cpu"
-    precision: Precision = "fp32"
     save_dtype: SaveDtype = "float32"
     model: ModelConfig = ModelConfig()
     base: BaseConfig

@@ -22,8 +22,7 @@ import tempfile
 from pathlib import Path
 
 
-from pipeline.params.core import StageParams, Threads
-from pipeline.params.device import DeviceName, Precision
+from pipeline.params.device import ModelStageParams
 from pipeline.params.evaluation import EvalConfig
 from pipeline.params.model import OptimConfig
 from pipeline.params.recommend import RecommendConfig
@@ -40,13 +39,10 @@ from pipeline.lib.training import train_model
 log = logging.getLogger(__name__)
 
 
-class Params(StageParams):
+class Params(ModelStageParams):
     """The params confirm reads."""
 
     seed: int = 0
-    threads: Threads = 0
-    device: DeviceName = "cpu"
-    precision: Precision = "fp32"
     train: OptimConfig
     shards: Shards
     eval: EvalConfig = EvalConfig()

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.params.core import StageParams, Threads
-from pipeline.params.device import DeviceName, Precision
+from pipeline.params.device import ModelStageParams
 from pipeline.params.evaluation import EvalConfig
 from pipeline.params.shards import Shards
 from pipeline.lib.models import load_model
@@ -27,12 +26,9 @@ from pipeline.lib.scoring import available_eval_domains, evaluate, load_eval_set
 log = logging.getLogger(__name__)
 
 
-class Params(StageParams):
+class Params(ModelStageParams):
     """The params evaluate reads (``shards``: with ``--shard``, which domain is the shard's own)."""
 
-    threads: Threads = 0
-    device: DeviceName = "cpu"
-    precision: Precision = "fp32"
     eval: EvalConfig = EvalConfig()
     shards: Shards
 

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.params.core import StageParams, Threads
-from pipeline.params.device import DeviceName, Precision
+from pipeline.params.device import ModelStageParams
 from pipeline.params.infer import InferConfig
 from pipeline.params.mixtures import ValidationConfig
 from pipeline.params.model import OptimConfig
@@ -32,7 +31,7 @@ from pipeline.params.shards import Shards
 from pipeline.lib.device import placement
 from pipeline.lib.mixfit import (AdamModel, Fit, adam_fit, calibrate_power, coords_of, model_update, plain_fit, read_flat,
                                  shard_moments)
-from pipeline.lib.models import load_model
+from pipeline.lib.models import find_model, load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, write_json
 from pipeline.lib.runtime import StageError, progress, run_stage, stage_parser
 from pipeline.lib.tokens import shard_slice
@@ -40,13 +39,10 @@ from pipeline.lib.tokens import shard_slice
 log = logging.getLogger(__name__)
 
 
-class Params(StageParams):
+class Params(ModelStageParams):
     """The params infer reads (of ``train``: the batch shape and clipping the moments are measured with)."""
 
     seed: int = 0
-    threads: Threads = 0
-    device: DeviceName = "cpu"
-    precision: Precision = "fp32"
     train: OptimConfig
     shards: Shards
     validation: ValidationConfig = ValidationConfig()
@@ -103,11 +99,8 @@ def model_folders(args, cfg: Params) -> dict[str, Path]:
         folders = {}
         names = cfg.infer.models if cfg.infer.models is not None else [*cfg.validation.mixtures, *cfg.infer.probes]
     for m in names:
-        found = [d / m for d in args.models if (d / m).is_dir()]
-        if not found:
-            raise StageError(f"infer.models: no model folder {m!r} in {[str(d) for d in args.models]}; run 'dvc repro' to train "
-                             f"it (with --model and infer.adam_power: calibrate, give --models where the calibration probes are)")
-        folders[m] = found[0]
+        folders[m] = find_model(m, args.models, "infer.models", "run 'dvc repro' to train it (with --model and "
+                                "infer.adam_power: calibrate, give --models where the calibration probes are)")
     return folders
 
 

@@ -35,8 +35,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.params.core import ConfigError, StageParams, Threads
-from pipeline.params.device import DeviceName, Precision
+from pipeline.params.core import ConfigError
+from pipeline.params.device import ModelStageParams
 from pipeline.params.evaluation import EvalConfig
 from pipeline.params.mixtures import MixturesConfig, ValidationConfig
 from pipeline.params.shards import Shards
@@ -73,12 +73,9 @@ HEATMAP_TEMPLATE: dict[str, Any] = {
 }
 
 
-class Params(StageParams):
+class Params(ModelStageParams):
     """The params proxy reads."""
 
-    threads: Threads = 0
-    device: DeviceName = "cpu"
-    precision: Precision = "fp32"
     shards: Shards
     mixtures: MixturesConfig = MixturesConfig()
     validation: ValidationConfig = ValidationConfig()

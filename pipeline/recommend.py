@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.params.core import StageParams, Threads
-from pipeline.params.device import DeviceName, Precision
+from pipeline.params.device import ModelStageParams
 from pipeline.params.evaluation import EvalConfig
 from pipeline.params.recommend import RecommendConfig
 from pipeline.params.shards import Shards
@@ -40,13 +39,10 @@ from pipeline.lib.tokens import shard_token_counts
 log = logging.getLogger(__name__)
 
 
-class Params(StageParams):
+class Params(ModelStageParams):
     """The params recommend reads (of ``recommend``: the optimiser's settings, and this target's entry)."""
 
     seed: int = 0
-    threads: Threads = 0
-    device: DeviceName = "cpu"
-    precision: Precision = "fp32"
     shards: Shards
     eval: EvalConfig = EvalConfig()
     recommend: RecommendConfig = RecommendConfig()

@@ -25,14 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.params.core import StageParams, Threads
-from pipeline.params.device import DeviceName, Precision
+from pipeline.params.device import ModelStageParams
 from pipeline.params.evaluation import EvalConfig
 from pipeline.params.model import OptimConfig
 from pipeline.params.select import SelectConfig, sketch_shape
 from pipeline.params.shards import Shards
 from pipeline.lib.device import Placement, placement
-from pipeline.lib.models import load_model
+from pipeline.lib.models import find_model, load_model
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, read_json, write_json
 from pipeline.lib.runtime import StageError, run_stage, stage_parser
 from pipeline.lib.scoring import evaluate, load_eval_sets
@@ -45,13 +44,10 @@ log = logging.getLogger(__name__)
 METHODS = ("select", "topk_cosine", "lowest_loss", "random")
 
 
-class Params(StageParams):
+class Params(ModelStageParams):
     """The params select reads (``train``: the retraining recipe; ``eval``: how the retrained models are scored)."""
 
     seed: int = 0
-    threads: Threads = 0
-    device: DeviceName = "cpu"
-    precision: Precision = "fp32"
     train: OptimConfig
     shards: Shards
     eval: EvalConfig = EvalConfig()
@@ -83,12 +79,9 @@ def main(args, cfg: Params) -> None:
     place = placement(cfg.threads, cfg.device, cfg.precision, params=args.params)
     run = RunRecord("select")
     sc = cfg.select
-    folders = {}
-    for m in sc.models:  # the check stage has checked the names against the validation mixtures and probes
-        folders[m] = next((d / m for d in args.models if (d / m).is_dir()), None)
-        if folders[m] is None:
-            raise StageError(f"select.models: no model folder {m!r} in {[str(d) for d in args.models]}; name a validation "
-                             f"mixture or a probe (infer.probes) and run 'dvc repro' to train it")
+    # the check stage has checked the names against the validation mixtures and probes
+    folders = {m: find_model(m, args.models, "select.models", "name a validation mixture or a probe (infer.probes) and run "
+                             "'dvc repro' to train it") for m in sc.models}
     files = domain_files(args.tokens)
     pool = make_pool(files, sc.pool_per_domain, cfg.train.seq_len, cfg.seed)
     if sc.k > len(pool):

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.params.core import StageParams, Threads
-from pipeline.params.device import DeviceName, Precision, SaveDtype
+from pipeline.params.device import ModelStageParams, SaveDtype
 from pipeline.params.model import OptimConfig
 from pipeline.params.shards import Shards
 from pipeline.lib.outputs import RunRecord
@@ -28,13 +27,10 @@ from pipeline.lib.plans import read_plan
 from pipeline.lib.training import continue_pretraining
 
 
-class Params(StageParams):
+class Params(ModelStageParams):
     """The params train reads (``shards``: with ``--shard``, that shard's entry)."""
 
     seed: int = 0
-    threads: Threads = 0
-    device: DeviceName = "cpu"
-    precision: Precision = "fp32"
     save_dtype: SaveDtype = "float32"
     train: OptimConfig
     shards: Shards

@@ -85,19 +85,29 @@ def _resolve_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
-def _check_merge_tensors(inputs: Sequence[Tensor], outs: Sequence[Tensor] | None) -> tuple[list[Tensor], torch.device]:
-    """Validate inputs (and outs): non-empty, same shape and device, supported dtypes."""
+def _tensor_list(inputs: Sequence[Tensor], purpose: str) -> list[Tensor]:
+    """``inputs`` as a list: non-empty, all tensors (``purpose`` completes the error for an empty one)."""
     xs = list(inputs)
     if not xs:
-        raise ValueError("inputs is empty: need at least one tensor to average")
+        raise ValueError(f"inputs is empty: need at least one tensor {purpose}")
     for i, x in enumerate(xs):
         if not isinstance(x, Tensor):
             raise TypeError(f"inputs[{i}] is a {type(x).__name__}, expected a torch.Tensor")
+    return xs
+
+
+def _check_dtype(name: str, t: Tensor) -> None:
+    if t.dtype not in MERGE_DTYPES:
+        raise ValueError(f"{name} has dtype {t.dtype}; supported: float32, bfloat16, float16")
+
+
+def _check_merge_tensors(inputs: Sequence[Tensor], outs: Sequence[Tensor] | None) -> tuple[list[Tensor], torch.device]:
+    """Validate inputs (and outs): non-empty, same shape and device, supported dtypes."""
+    xs = _tensor_list(inputs, "to average")
     first = xs[0]
     named = [(f"inputs[{i}]", x) for i, x in enumerate(xs)] + [(f"out[{m}]", o) for m, o in enumerate(outs or [])]
     for name, t in named:
-        if t.dtype not in MERGE_DTYPES:
-            raise ValueError(f"{name} has dtype {t.dtype}; supported: float32, bfloat16, float16")
+        _check_dtype(name, t)
         if t.shape != first.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)} but inputs[0] has {tuple(first.shape)}")
         if t.device != first.device:
@@ -211,14 +221,9 @@ def multi_dot(inputs: Sequence[Tensor], g: Tensor, *, impl: str = "auto") -> Ten
 
     Every product is exact (fp32 operands in fp64) and the sums are fp64. Inference only.
     """
-    xs = list(inputs)
-    if not xs:
-        raise ValueError("inputs is empty: need at least one tensor to dot with g")
+    xs = _tensor_list(inputs, "to dot with g")
     for i, x in enumerate(xs):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"inputs[{i}] is a {type(x).__name__}, expected a torch.Tensor")
-        if x.dtype not in MERGE_DTYPES:
-            raise ValueError(f"inputs[{i}] has dtype {x.dtype}; supported: float32, bfloat16, float16")
+        _check_dtype(f"inputs[{i}]", x)
         if x.numel() != g.numel():
             raise ValueError(f"inputs[{i}] has {x.numel()} elements but g has {g.numel()}")
         if x.device != g.device:
@@ -295,8 +300,8 @@ def _check_xent(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | 
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         raise ValueError(f"targets must be integer class ids, got dtype {targets.dtype}")
     for name, t in (("hidden", hidden), ("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype not in MERGE_DTYPES:
-            raise ValueError(f"{name} has dtype {t.dtype}; supported: float32, bfloat16, float16")
+        if t is not None:
+            _check_dtype(name, t)
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must be [V={weight.shape[0]}], got {tuple(bias.shape)}")
     for name, t in (("weight", weight), ("targets", targets), ("bias", bias)):

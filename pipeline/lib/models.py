@@ -7,6 +7,7 @@ Every saved folder carries the tokenizer files and ``shardmix.json``, a record o
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,15 @@ def load_model(path: str | Path):
         raise StageError(f"{path}: cannot load the model ({type(e).__name__}: {e}); check that the weights file is complete (rerun the stage that makes it)") from None
     model.eval()
     return model
+
+
+def find_model(name: str, folders: Sequence[Path], key: str, fix: str) -> Path:
+    """The first ``folder / name`` of ``folders`` that exists; a StageError naming ``key``, the folders
+    searched and ``fix`` when none does."""
+    found = next((Path(d) / name for d in folders if (Path(d) / name).is_dir()), None)
+    if found is None:
+        raise StageError(f"{key}: no model folder {name!r} in {[str(d) for d in folders]}; {fix}")
+    return found
 
 
 def load_tokenizer(path: str | Path):

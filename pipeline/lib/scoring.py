@@ -97,25 +97,25 @@ def evaluate(model, eval_sets: list[EvalSet], batch_size: int, impl: str = "auto
     of the targets.
     """
     model.eval()
-    out = {}
+    nats, parts = [0.0] * len(eval_sets), [[] for _ in eval_sets]
     total_windows = sum(len(e.inputs) for e in eval_sets)
     bar = progress(total=total_windows, desc=desc, unit="win", leave=False) if desc else None
-    for e in eval_sets:
-        nats, parts = 0.0, []
-        for b in range(0, len(e.inputs), batch_size):
-            sl = slice(b, b + batch_size)
-            s, nll = nll_batch(model, e.inputs[sl], e.targets[sl], e.positions[sl], impl, place)
-            nats += s
-            parts.append(nll)
-            if bar is not None:
-                bar.update(min(batch_size, len(e.inputs) - b))
-        count = sum(p.numel() for p in parts)
-        assert count == e.predicted, (count, e.predicted)
-        if per_token is not None:
-            per_token[e.domain] = torch.cat(parts).cpu().numpy().astype(np.float32)
-        out[e.domain] = domain_scores(e, nats, count)
+    for i, sl in batches(eval_sets, batch_size):
+        e = eval_sets[i]
+        s, nll = nll_batch(model, e.inputs[sl], e.targets[sl], e.positions[sl], impl, place)
+        nats[i] += s
+        parts[i].append(nll)
+        if bar is not None:
+            bar.update(len(e.inputs[sl]))
     if bar is not None:
         bar.close()
+    out = {}
+    for e, total, pieces in zip(eval_sets, nats, parts):
+        count = sum(p.numel() for p in pieces)
+        assert count == e.predicted, (count, e.predicted)
+        if per_token is not None:
+            per_token[e.domain] = torch.cat(pieces).cpu().numpy().astype(np.float32)
+        out[e.domain] = domain_scores(e, total, count)
     return out
 
 

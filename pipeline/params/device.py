@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator
 
+from pipeline.params.core import StageParams, Threads
+
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N (N: a GPU index, 0 for the first)"
 
@@ -30,3 +32,11 @@ def _check_device(value: str) -> str:
 DeviceName = Annotated[str, AfterValidator(_check_device)]
 Precision = Literal["fp32", "bf16-mixed"]
 SaveDtype = Literal["float32", "bfloat16"]
+
+
+class ModelStageParams(StageParams):
+    """The params of every stage that runs a model: torch ``threads`` (0 = all cores), ``device``, ``precision``."""
+
+    threads: Threads = 0
+    device: DeviceName = "cpu"
+    precision: Precision = "fp32"
