@@ -11,9 +11,11 @@ on ``infer.moment_batches`` training batches of the shard. Writes, per model, th
 ``shardmix.json``), both estimates, the shards judged present (estimated weight at least
 ``infer.present``), the L1 error and membership accuracy, the unexplained share of the update and
 whether it flags the model as not made from these shards (share above ``infer.max_unexplained``);
-and the means over the validation truths and over the probes. With ``infer.adam_power: calibrate``
-the exponent of the Adam scaling is the one with the least error on the ``infer.calibration``
-probes (models of known data kept apart: they are never among those judged).
+and the means over the validation truths and over the probes. The exponent of the Adam scaling
+(``infer.adam_power``) is, with ``fit`` (the default), fitted per model with its weights: the one
+whose fit leaves the least of its update unexplained; with ``calibrate``, the one with the least
+error on the ``infer.calibration`` probes (models of known data kept apart: then never judged);
+or a number.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from pipeline.params.mixtures import ValidationConfig
 from pipeline.params.model import OptimConfig
 from pipeline.params.shards import Shards
 from pipeline.lib.device import placement
-from pipeline.lib.mixfit import (AdamModel, Fit, adam_fit, calibrate_power, coords_of, model_update, plain_fit, read_flat,
+from pipeline.lib.mixfit import (AdamModel, Fit, adam_fit, calibrate_power, coords_of, fit_power, model_update, plain_fit,
+                                 read_flat,
                                  shard_moments)
 from pipeline.lib.models import find_model, load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, write_json
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 class Params(ModelStageParams):
-    """The params infer reads (of ``train``: the batch shape and clipping the moments are measured with)."""
+    """The params infer reads (of ``train``: the batch shape the moments are measured with)."""
 
     seed: int = 0
     train: OptimConfig
@@ -105,7 +108,7 @@ def model_folders(args, cfg: Params) -> dict[str, Path]:
 
 
 def kind_of(m: str, cfg: Params) -> str:
-    if m in cfg.infer.calibration:
+    if m in cfg.infer.calibration and cfg.infer.adam_power == "calibrate":
         return "calibration"
     return "validation" if m in cfg.validation.mixtures else "probe" if m in cfg.infer.probes else "model"
 
@@ -127,22 +130,26 @@ def main(args, cfg: Params) -> None:
     d = np.stack([model_update(args.shards_dir / s, seed_flat, coords) for s in names])
     updates = {m: model_update(folder, seed_flat, coords) for m, folder in folders.items()}  # a bad model fails before the moments
     slices = [shard_slice(s, cfg.shards[s], args.tokens) for s in names]
-    v = shard_moments(seed_model, slices, ic.moment_batches, cfg.train.batch_size, cfg.train.seq_len, cfg.train.grad_clip, coords,
+    v = shard_moments(seed_model, slices, ic.moment_batches, cfg.train.batch_size, cfg.train.seq_len, coords,
                       cfg.seed, place.device)
     power, errors = ic.adam_power, None
-    if power == "calibrate":
-        cases = [(updates[m], true_weights(folders[m], names)[0]) for m in ic.calibration]
-        power, errors = calibrate_power(d, v, cases)
-        log.info("adam_power %.2f from %s (mean L1 by power: %s)", power, ic.calibration, {p: round(e, 3) for p, e in errors.items()})
-    adam = AdamModel(d, v, power)
+    if power == "fit":
+        fits = fit_power(d, v, updates)
+    else:
+        if power == "calibrate":
+            cases = [(updates[m], true_weights(folders[m], names)[0]) for m in ic.calibration]
+            power, errors = calibrate_power(d, v, cases)
+            log.info("adam_power %.2f from %s (mean L1 by power: %s)", power, ic.calibration, {p: round(e, 3) for p, e in errors.items()})
+        adam = AdamModel(d, v, power)
+        fits = {m: (power, adam_fit(adam, d, updates[m])) for m in progress(wanted, desc="infer", unit="model")}
     rows = {}
-    for m in progress(wanted, desc="infer", unit="model"):
+    for m in wanted:
         f = updates.pop(m)
         truth, outside = true_weights(folders[m], names)
         row = {"kind": kind_of(m, cfg),
                "true": None if truth is None else {s: round(float(w), 6) for s, w in zip(names, truth) if w > 0},
                "outside_pool": None if outside is None else round(outside, 6)}
-        row["adam"] = judge(adam_fit(adam, d, f), truth, outside, names, ic.present)
+        row["adam"] = {**judge(fits[m][1], truth, outside, names, ic.present), "power": fits[m][0]}
         row["plain"] = judge(plain_fit(d, f), truth, outside, names, ic.present)
         row["flagged"] = row["adam"]["unexplained"] > ic.max_unexplained
         rows[m] = row

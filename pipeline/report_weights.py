@@ -29,6 +29,10 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def power_line(inf: dict) -> str:
+    if inf["adam_power"] == "fit":
+        powers = sorted({r["adam"]["power"] for r in inf["models"].values()})
+        return (f"Adam scaling power: fitted per model with its weights, the one (0 to 0.5) that leaves the least of its update "
+                f"unexplained; here {powers[0]} to {powers[-1]} (column *power*).")
     cal = inf.get("calibration")
     if not cal:
         return f"Adam scaling power: {inf['adam_power']} (set in params)."
@@ -47,13 +51,16 @@ def infer_markdown(inf: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for group, s in inf["summary"].items():
         a, p = s["adam"], s["plain"]
+        if not a["models"]:  # e.g. no calibration probes kept apart (adam_power: fit)
+            continue
         lines.append(f"| {group} | {a['models']} | {fmt(a['mean_l1'])} | {fmt(p['mean_l1'])} | {fmt(a['max_l1'])} | "
                      f"{fmt(a['membership'])} | {fmt(p['membership'])} | {fmt(a['mean_unexplained'])} |")
-    lines += ["", "| model | true weights | estimated (adam) | L1 adam | L1 plain | unexplained | flagged |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | true weights | estimated (adam) | power | L1 adam | L1 plain | unexplained | flagged |",
+              "|---|---|---|---|---|---|---|---|"]
     for m, r in inf["models"].items():
         true = ", ".join(f"{s} {w:.2f}" for s, w in r["true"].items()) or f"(outside the pool: {r['outside_pool']:.2f})"
         est = ", ".join(f"{s} {w:.2f}" for s, w in r["adam"]["weights"].items() if w >= 0.05)
-        lines.append(f"| {m} | {true} | {est} | {fmt(r['adam']['l1'])} | {fmt(r['plain']['l1'])} | {fmt(r['adam']['unexplained'])} | "
+        lines.append(f"| {m} | {true} | {est} | {r['adam'].get('power', inf['adam_power'])} | {fmt(r['adam']['l1'])} | {fmt(r['plain']['l1'])} | {fmt(r['adam']['unexplained'])} | "
                      f"{'yes' if r['flagged'] else 'no'} |")
     return lines
 

@@ -12,6 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from pipeline.lib.mixfit import POWERS
 from tests.conftest import dvc, git, run_module, write_jsonl, write_params
 
 pytestmark = pytest.mark.slow
@@ -128,6 +129,16 @@ def assert_from_weights_outputs(project: Path) -> None:
     mine = json.loads((project.parent / "mine.json").read_text())["models"]["mine"]
     assert mine["kind"] == "model" and mine["true"] is None and mine["adam"]["l1"] is None
     assert mine["adam"]["weights"] == inf["models"]["skewed"]["adam"]["weights"]
+    # adam_power: fit (the default): the model's own power, fitted with its weights; it leaves no more of the
+    # update unexplained than the calibrated power (one of the powers it tried)
+    edited = json.loads(json.dumps(params))
+    edited["infer"].update(adam_power="fit")
+    write_params(project.parent / "fit.yaml", edited)
+    run_module("pipeline.infer", "--params", str(project.parent / "fit.yaml"), "--base", "models/base", "--shards-dir", "models/shards",
+               "--model", str(project.parent / "mine"), "--tokens", "data/tokens", "--out", str(project.parent / "fit.json"), cwd=project)
+    fitted = json.loads((project.parent / "fit.json").read_text())
+    assert fitted["adam_power"] == "fit" and fitted["models"]["mine"]["adam"]["power"] in POWERS
+    assert fitted["models"]["mine"]["adam"]["unexplained"] <= mine["adam"]["unexplained"] + 1e-9
 
 
 @pytest.mark.slow(minutes=13)  # three runs of the whole tiny pipeline

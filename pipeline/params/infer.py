@@ -29,9 +29,10 @@ class InferConfig(Section):
 
     probes: Annotated[dict[str, ProbeMixture], AfterValidator(_check_probes)] = Field(default_factory=dict)
     models: list[str] | None = None  # models to infer (validation mixtures or probes); null = all of both
-    moment_batches: PositiveInt = 16  # training batches per shard for its Adam second moments at the seed
-    adam_power: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["calibrate"] = 0.5  # 0.5: Adam's root; 0: plain; or fitted
-    calibration: list[str] = Field(default_factory=list)  # probes that fix adam_power: calibrate (never judged)
+    moment_batches: PositiveInt = 64  # training batches per shard for its Adam second moments at the seed
+    # 0.5: Adam's root; 0: plain; fit: per model, the least unexplained (0 to 0.5); calibrate: least L1 on calibration probes
+    adam_power: Annotated[float, Field(ge=0.0, le=1.0)] | Literal["fit", "calibrate"] = "fit"
+    calibration: list[str] = Field(default_factory=list)  # probes that fix adam_power: calibrate (then never judged)
     present: Share = 0.05  # an estimated weight at least this judges a shard present
     max_unexplained: Share = 0.6  # a larger unexplained share of the update: not made from these shards
     max_coords: PositiveInt = 4_000_000  # a seeded sample of this many coordinates on larger models
@@ -61,5 +62,5 @@ class InferConfig(Section):
         if self.adam_power == "calibrate" and not self.calibration:
             raise ValueError("infer.adam_power: calibrate needs probes under infer.calibration (models of known, unequal "
                              "mixtures); or give a number (0.5: Adam's square root)")
-        if self.models is not None and not set(self.calibration) <= set(self.models):
+        if self.adam_power == "calibrate" and self.models is not None and not set(self.calibration) <= set(self.models):
             raise ValueError(f"infer.models must include the calibration probes {self.calibration}")
