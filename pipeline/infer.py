@@ -32,8 +32,7 @@ from pipeline.params.model import OptimConfig
 from pipeline.params.shards import Shards
 from pipeline.lib.device import placement
 from pipeline.lib.mixfit import (AdamModel, Fit, adam_fit, calibrate_power, coords_of, fit_power, model_update, plain_fit,
-                                 read_flat,
-                                 shard_moments)
+                                 read_flat, shard_moments)
 from pipeline.lib.models import find_model, load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, write_json
 from pipeline.lib.runtime import StageError, progress, run_stage, stage_parser
