@@ -60,8 +60,8 @@ def infer_markdown(inf: dict) -> list[str]:
     for m, r in inf["models"].items():
         true = ", ".join(f"{s} {w:.2f}" for s, w in r["true"].items()) or f"(outside the pool: {r['outside_pool']:.2f})"
         est = ", ".join(f"{s} {w:.2f}" for s, w in r["adam"]["weights"].items() if w >= 0.05)
-        lines.append(f"| {m} | {true} | {est} | {r['adam'].get('power', inf['adam_power'])} | {fmt(r['adam']['l1'])} | {fmt(r['plain']['l1'])} | {fmt(r['adam']['unexplained'])} | "
-                     f"{'yes' if r['flagged'] else 'no'} |")
+        lines.append(f"| {m} | {true} | {est} | {r['adam']['power']} | {fmt(r['adam']['l1'])} | {fmt(r['plain']['l1'])} | "
+                     f"{fmt(r['adam']['unexplained'])} | {'yes' if r['flagged'] else 'no'} |")
     return lines
 
 
