@@ -31,11 +31,10 @@ from pipeline.params.mixtures import ValidationConfig
 from pipeline.params.model import OptimConfig
 from pipeline.params.shards import Shards
 from pipeline.lib.device import placement
-from pipeline.lib.mixfit import (AdamModel, Fit, adam_fit, calibrate_power, coords_of, fit_power, model_update, plain_fit,
-                                 read_flat, shard_moments)
+from pipeline.lib.mixfit import POWERS, Fit, calibrate_power, coords_of, fit_power, model_update, plain_fit, read_flat, shard_moments
 from pipeline.lib.models import find_model, load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, write_json
-from pipeline.lib.runtime import StageError, progress, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, run_stage, stage_parser
 from pipeline.lib.tokens import shard_slice
 
 log = logging.getLogger(__name__)
@@ -132,15 +131,11 @@ def main(args, cfg: Params) -> None:
     v = shard_moments(seed_model, slices, ic.moment_batches, cfg.train.batch_size, cfg.train.seq_len, coords,
                       cfg.seed, place.device)
     power, errors = ic.adam_power, None
-    if power == "fit":
-        fits = fit_power(d, v, updates)
-    else:
-        if power == "calibrate":
-            cases = [(updates[m], true_weights(folders[m], names)[0]) for m in ic.calibration]
-            power, errors = calibrate_power(d, v, cases)
-            log.info("adam_power %.2f from %s (mean L1 by power: %s)", power, ic.calibration, {p: round(e, 3) for p, e in errors.items()})
-        adam = AdamModel(d, v, power)
-        fits = {m: (power, adam_fit(adam, d, updates[m])) for m in progress(wanted, desc="infer", unit="model")}
+    if power == "calibrate":
+        cases = [(updates[m], true_weights(folders[m], names)[0]) for m in ic.calibration]
+        power, errors = calibrate_power(d, v, cases)
+        log.info("adam_power %.2f from %s (mean L1 by power: %s)", power, ic.calibration, {p: round(e, 3) for p, e in errors.items()})
+    fits = fit_power(d, v, updates, POWERS if power == "fit" else [power])
     rows = {}
     for m in wanted:
         f = updates.pop(m)
@@ -156,6 +151,7 @@ def main(args, cfg: Params) -> None:
                  " FLAGGED: not made from these shards" if row["flagged"] else "")
     groups = {g: [m for m in rows if rows[m]["kind"] == kind and rows[m]["adam"]["l1"] is not None]
               for g, kind in (("validation", "validation"), ("probes", "probe"), ("calibration", "calibration"))}
+    groups = {g: keys for g, keys in groups.items() if keys}  # e.g. no calibration group with adam_power: fit
     flags = {m: rows[m]["flagged"] for m in rows}
     out = {"shards": names, "coords": coords.size, "coords_sampled": coords.sample is not None,
            "adam_power": power, "calibration": None if errors is None else {"models": ic.calibration, "mean_l1_by_power": errors},

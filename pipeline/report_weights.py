@@ -31,6 +31,8 @@ def fmt(x, digits: int = 3) -> str:
 def power_line(inf: dict) -> str:
     if inf["adam_power"] == "fit":
         powers = sorted({r["adam"]["power"] for r in inf["models"].values()})
+        if not powers:
+            return "Adam scaling power: fitted per model with its weights (no models to infer here)."
         return (f"Adam scaling power: fitted per model with its weights, the one (0 to 0.5) that leaves the least of its update "
                 f"unexplained; here {powers[0]} to {powers[-1]} (column *power*).")
     cal = inf.get("calibration")
@@ -51,8 +53,6 @@ def infer_markdown(inf: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for group, s in inf["summary"].items():
         a, p = s["adam"], s["plain"]
-        if not a["models"]:  # e.g. no calibration probes kept apart (adam_power: fit)
-            continue
         lines.append(f"| {group} | {a['models']} | {fmt(a['mean_l1'])} | {fmt(p['mean_l1'])} | {fmt(a['max_l1'])} | "
                      f"{fmt(a['membership'])} | {fmt(p['membership'])} | {fmt(a['mean_unexplained'])} |")
     lines += ["", "| model | true weights | estimated (adam) | power | L1 adam | L1 plain | unexplained | flagged |",

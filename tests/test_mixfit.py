@@ -57,6 +57,22 @@ def test_adam_jacobian_matches_finite_differences(power):
     np.testing.assert_allclose(jac, num, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_blocked_normal_equations_equal_the_full_jacobians(chunk):
+    """The fit's blocked ``||r||^2, J J^T, J r`` against the same from the whole residual and Jacobian,
+    with blocks that do and do not divide the coordinates (and one larger than all of them)."""
+    d, v = synthetic(p=5000)
+    v[:, :40] = 0.0  # coordinates no shard reached: left out of both
+    m = AdamModel(d, v, 0.3)
+    f = np.random.default_rng(3).normal(size=5000)[m.keep]
+    c = np.array([0.4, 0.0, 0.8, 0.1])
+    r, jac = m.residual_jacobian(c, f)
+    loss, jtj, jtr = m.normal_equations(c, f, chunk)
+    np.testing.assert_allclose(loss, r @ r, rtol=1e-12)
+    np.testing.assert_allclose(jtj, jac @ jac.T, rtol=1e-11, atol=1e-12 * np.abs(jac @ jac.T).max())
+    np.testing.assert_allclose(jtr, jac @ r, rtol=1e-11, atol=1e-12 * np.abs(jac @ r).max())
+
+
 @pytest.mark.parametrize("c_true", [[0.7, 0.2, 0.1, 0.0], [0.0, 0.5, 0.0, 1.5], [0.25, 0.25, 0.25, 0.25]])
 def test_adam_fit_recovers_weights_where_the_plain_fit_is_biased(c_true):
     d, v = synthetic()

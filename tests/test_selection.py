@@ -97,6 +97,30 @@ def test_greedy_follows_the_running_sum_rule_on_hand_made_vectors():
         greedy_select(g, align, 6)
 
 
+def test_batched_greedy_starts_the_running_sum_again_every_batch():
+    """``batch`` picks per running sum (the paper code's greedy_batched), by brute force on random vectors;
+    ``batch`` 1 is top-k cosine and ``batch`` >= k (or 0) the one-sum rule."""
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(40, 6))
+    t = rng.normal(size=6)
+    align = g @ t
+    for batch in (2, 3, 7):
+        chosen: list[int] = []
+        while len(chosen) < 10:
+            s = np.zeros(6)
+            for _ in range(min(batch, 10 - len(chosen))):
+                best = max((i for i in range(40) if i not in chosen), key=lambda i: (s + g[i]) @ t / np.linalg.norm(s + g[i]))
+                chosen.append(best)
+                s += g[best]
+        assert list(greedy_select(g, align, 10, batch)) == chosen
+    assert list(greedy_select(g, align, 10, 1)) == list(topk_cosine(g, align, 10))
+    np.testing.assert_array_equal(greedy_select(g, align, 10, 10), greedy_select(g, align, 10))
+    np.testing.assert_array_equal(greedy_select(g, align, 10, 25), greedy_select(g, align, 10, 0))
+    assert not np.array_equal(greedy_select(g, align, 10, 3), greedy_select(g, align, 10))  # the reset changes the picks here
+    with pytest.raises(ValueError, match="picks per running sum"):
+        greedy_select(g, align, 10, -1)
+
+
 def test_pool_takes_seeded_windows_of_every_domain(tmp_path):
     f = _token_file(tmp_path, n=2000)
     p1 = make_pool({"x": f, "y": f}, 5, 16, seed=0)

@@ -162,7 +162,8 @@ class AdamModel:
         return big_a * scale
 
     def residual_jacobian(self, c: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``pred(c) - f`` (``f`` on the kept coordinates) and its Jacobian ``[K, P]`` in ``c``."""
+        """``pred(c) - f`` (``f`` on the kept coordinates) and its Jacobian ``[K, P]`` in ``c``: the plain
+        reference of :meth:`normal_equations`, which the fit uses."""
         total, u, scale, big_a = self._parts(c)
         pred = big_a * scale
         # pred = A (S / u)^p: d/dc_k = a_k (S/u)^p + p pred / S - p pred v_k / u
@@ -170,6 +171,27 @@ class AdamModel:
         jac -= self.v * (self.power * pred / u)
         jac += self.power * pred / total
         return pred - f, jac
+
+    def normal_equations(self, c: np.ndarray, f: np.ndarray, chunk: int = 1 << 12) -> tuple[float, np.ndarray, np.ndarray]:
+        """``||r||^2``, ``J J^T`` and ``J r`` of :meth:`residual_jacobian` (``f`` on the kept coordinates),
+        a block of ``chunk`` coordinates at a time: the ``[K, P]`` Jacobian is never formed, so each call
+        reads ``a`` and ``v`` once and the products run on blocks that stay in cache."""
+        total = c.sum()
+        k = len(c)
+        loss, jtj, jtr = 0.0, np.zeros((k, k)), np.zeros(k)
+        for lo in range(0, self.v.shape[1], chunk):
+            a, v = self.a[:, lo : lo + chunk], self.v[:, lo : lo + chunk]
+            u = np.maximum(c @ v, 1e-30)
+            scale = (total / u) ** self.power
+            pred = (c @ a) * scale
+            r = pred - f[lo : lo + chunk]
+            jac = a * scale
+            jac -= v * (self.power * pred / u)
+            jac += self.power * pred / total
+            loss += float(r @ r)
+            jtj += jac @ jac.T
+            jtr += jac @ r
+        return loss, jtj, jtr
 
 
 @dataclass(frozen=True)
@@ -197,10 +219,9 @@ def adam_fit(model: AdamModel, d: np.ndarray, f: np.ndarray, iters: int = 100, t
     c = np.maximum(c, 1e-3 * max(c.max(), 1e-3))
     fk = f[model.keep]
     ff = float(f @ f)
-    r, jac = model.residual_jacobian(c, fk)
-    loss, damp = float(r @ r), 1e-3
+    loss, jtj, jtr = model.normal_equations(c, fk)
+    damp = 1e-3
     for _ in range(iters):
-        jtj, jtr = jac @ jac.T, jac @ r
         free = (c > 0) | (jtr < 0)  # a shard at zero that the gradient pushes below stays there
         step = np.zeros_like(c)
         sub = jtj[np.ix_(free, free)]
@@ -209,10 +230,9 @@ def adam_fit(model: AdamModel, d: np.ndarray, f: np.ndarray, iters: int = 100, t
         if trial.sum() <= 0:
             damp *= 10
             continue
-        r_new, jac_new = model.residual_jacobian(trial, fk)
-        new = float(r_new @ r_new)
+        new, jtj_new, jtr_new = model.normal_equations(trial, fk)
         if new < loss:
-            gain, c, r, jac, loss = loss - new, trial, r_new, jac_new, new
+            gain, c, jtj, jtr, loss = loss - new, trial, jtj_new, jtr_new, new
             damp = max(damp / 3, 1e-9)
             if gain < tol * ff:
                 break
@@ -246,12 +266,14 @@ def fit_power(d: np.ndarray, v: np.ndarray, updates: dict[str, np.ndarray],
     for the unequal mixtures (a 10% shard's coordinates moved about linearly) and 0.15-0.5 for the
     by-token truths, which one calibrated power could not serve both. One :class:`AdamModel` in memory at a time."""
     best: dict[str, tuple[float, Fit]] = {}
-    for p in progress(powers, desc="powers", unit="power"):
-        model = AdamModel(d, v, p)
-        for m, f in updates.items():
-            fit = adam_fit(model, d, f)
-            if m not in best or fit.unexplained < best[m][1].unexplained:
-                best[m] = (p, fit)
+    with progress(total=len(powers) * len(updates), desc="fits", unit="fit") as bar:
+        for p in powers:
+            model = AdamModel(d, v, p)
+            for m, f in updates.items():
+                fit = adam_fit(model, d, f)
+                if m not in best or fit.unexplained < best[m][1].unexplained:
+                    best[m] = (p, fit)
+                bar.update()
     return best
 
 

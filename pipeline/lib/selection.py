@@ -12,7 +12,8 @@ the model's update ``theta_seed - theta_f`` (training moves against the gradient
 exactly.
 
 Selection, ``k`` examples: the paper's greedy rule (add the example that makes the running sum of
-selected gradients most aligned, in cosine, with the update), and its baselines: the ``k`` most
+selected gradients most aligned, in cosine, with the update; the sum started again every training
+batch, as in the paper code's ``greedy_batched``), and its baselines: the ``k`` most
 aligned gradients one at a time (top-k cosine, no running sum), the ``k`` lowest losses under
 ``theta_f``, and ``k`` drawn at random.
 """
@@ -182,28 +183,34 @@ def update_sketch(deltas: dict[str, torch.Tensor], maps: dict) -> tuple[np.ndarr
     return torch.cat(parts).double().numpy(), norm
 
 
-def greedy_select(g: np.ndarray, align: np.ndarray, k: int) -> np.ndarray:
+def greedy_select(g: np.ndarray, align: np.ndarray, k: int, batch: int = 0) -> np.ndarray:
     """The paper's rule: ``k`` times, add the unselected example that makes the running sum ``S`` of
     selected gradients most aligned (cosine) with the update ``t``. ``align[i] = <g_i, t>`` (exact);
-    ``g`` (sketched or exact) gives ``||S + g_i||``. Returns indices in selection order."""
+    ``g`` (sketched or exact) gives ``||S + g_i||``. With ``batch`` > 0 the running sum starts again
+    after every ``batch`` picks (the paper code's ``greedy_batched``): each batch is matched to the
+    update the way one training step's minibatch moves it; ``batch`` 1 is top-k cosine, 0 (or >= k)
+    one running sum for all ``k``. Returns indices in selection order."""
     n = len(g)
     if not 1 <= k <= n:
         raise ValueError(f"k = {k} examples from a pool of {n}: k must be between 1 and the pool size")
+    if batch < 0:
+        raise ValueError(f"batch = {batch}: give the picks per running sum (>= 1), or 0 for one running sum")
     g = np.asarray(g, dtype=np.float64)
     gg = np.einsum("ij,ij->i", g, g)
-    running = np.zeros(g.shape[1])
-    dot_run, norm_run = 0.0, 0.0  # <S, t>, ||S||^2
     chosen = np.zeros(n, dtype=bool)
-    order = []
-    for _ in range(k):
-        sg = g @ running
-        score = (dot_run + align) / np.sqrt(np.maximum(norm_run + 2 * sg + gg, 1e-300))
-        score[chosen] = -np.inf
-        i = int(np.argmax(score))
-        order.append(i)
-        chosen[i] = True
-        running += g[i]
-        dot_run, norm_run = dot_run + align[i], norm_run + 2 * sg[i] + gg[i]
+    order: list[int] = []
+    while len(order) < k:
+        running = np.zeros(g.shape[1])
+        dot_run, norm_run = 0.0, 0.0  # <S, t>, ||S||^2
+        for _ in range(min(batch or k, k - len(order))):
+            sg = g @ running
+            score = (dot_run + align) / np.sqrt(np.maximum(norm_run + 2 * sg + gg, 1e-300))
+            score[chosen] = -np.inf
+            i = int(np.argmax(score))
+            order.append(i)
+            chosen[i] = True
+            running += g[i]
+            dot_run, norm_run = dot_run + align[i], norm_run + 2 * sg[i] + gg[i]
     return np.array(order, dtype=np.int64)
 
 

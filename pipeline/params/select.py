@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -17,7 +17,10 @@ class SelectConfig(Section):
     pool_per_domain: PositiveInt = 100  # training windows per corpus domain in the pool (seeded)
     k: PositiveInt = 100  # examples each method selects
     gradients: Literal["linear", "head"] = "linear"  # every linear layer, or the output embedding only (the paper's default)
-    proj_dim: PositiveInt = 256  # sketch size per layer: a x b, b the largest divisor of it up to its square root
+    proj_dim: PositiveInt = 4096  # sketch size per layer: a x b, b the largest divisor of it up to its square root
+    # picks per running sum (the paper code's greedy_batched): None = the training batch (train.batch_size), the examples
+    # of one optimiser step; 0 = one running sum for all k (the plain greedy, also reported as select_one_sum)
+    batch: Annotated[int, Field(ge=0)] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> SelectConfig:
