@@ -8,8 +8,9 @@ For every model of ``select.models`` (validation truths or probes, whose data is
 mixture) is scored at the model's weights (each example's gradient, of ``select.gradients``: every
 linear layer or the output embedding, sketched; its inner product with the model's update, exact),
 and ``select.k`` examples are picked by SELECT's greedy
-running-sum rule (the sum started again every ``select.batch`` picks, by default a training batch; and,
-for comparison, one sum for all ``k``: ``select_one_sum``) and by its baselines (top-k cosine, lowest loss, random)
+running-sum rule (one sum for all ``k``; or started again every ``select.batch`` picks), for comparison the
+rule with a sum per training batch (``select_batched``: the paper code's ``greedy_batched``), and by its
+baselines (top-k cosine, lowest loss, random)
 (:mod:`pipeline.lib.selection`). Precision: the share of a method's examples from the model's true
 domains. Recovery: the seed trained on SELECT's examples and on the random ones, with the model's
 own recipe and token budget (``train``; the examples cycled in a seeded order), scored with the
@@ -42,7 +43,7 @@ from pipeline.lib.training import train_model
 
 log = logging.getLogger(__name__)
 
-METHODS = ("select", "select_one_sum", "topk_cosine", "lowest_loss", "random")
+METHODS = ("select", "select_batched", "topk_cosine", "lowest_loss", "random")
 
 
 class Params(ModelStageParams):
@@ -89,7 +90,6 @@ def main(args, cfg: Params) -> None:
         raise StageError(f"{args.params}: select.k = {sc.k} is more than the pool's {len(pool)} examples "
                          f"({sc.pool_per_domain} per domain x {len(files)} domains): lower select.k or raise select.pool_per_domain")
     seed_model = load_model(args.base)
-    batch = cfg.train.batch_size if sc.batch is None else sc.batch
     maps = sketch_maps(linear_modules(seed_model, sc.gradients), sketch_shape(sc.proj_dim), cfg.seed)
     rows, selected, randoms = {}, {}, {}
     for m, folder in folders.items():
@@ -99,8 +99,8 @@ def main(args, cfg: Params) -> None:
         if not any(bool(d.any()) for d in deltas.values()):
             raise StageError(f"{folder}: its weights equal the seed's (no update to attribute): give a model fine-tuned from the seed")
         grads = gradient_sketches(model.to(place.device), pool, sc.gradients, maps, deltas, cfg.eval.batch_size, place.device)
-        picks = {"select": greedy_select(grads.sketches, grads.align, sc.k, batch),
-                 "select_one_sum": greedy_select(grads.sketches, grads.align, sc.k),
+        picks = {"select": greedy_select(grads.sketches, grads.align, sc.k, sc.batch),
+                 "select_batched": greedy_select(grads.sketches, grads.align, sc.k, cfg.train.batch_size),
                  "topk_cosine": topk_cosine(grads.sketches, grads.align, sc.k),
                  "lowest_loss": lowest_loss(grads.losses, sc.k), "random": random_pick(len(pool), sc.k, cfg.seed)}
         mine = set(model_domains(meta, cfg.shards))
@@ -124,7 +124,7 @@ def main(args, cfg: Params) -> None:
                  row["precision"], row["pool_share"], *(row["ppl"][n] for n in ("seed", "random", "select", "model")), row["recovery"])
     rec = [r["recovery"] for r in rows.values() if r["recovery"] is not None]
     out = {"pool": {"examples": len(pool), "domains": sorted(files), "per_domain": sc.pool_per_domain, "seq_len": pool.seq_len},
-           "k": sc.k, "batch": batch, "gradients": sc.gradients, "sketch_per_layer": list(sketch_shape(sc.proj_dim)), "layers": len(maps),
+           "k": sc.k, "batch": sc.batch, "batched_variant": cfg.train.batch_size, "gradients": sc.gradients, "sketch_per_layer": list(sketch_shape(sc.proj_dim)), "layers": len(maps),
            "summary": {"precision": {k: round(float(np.mean([r["precision"][k] for r in rows.values()])), 6) for k in METHODS} if rows else {},
                        "recovery": {"mean": round(float(np.mean(rec)), 6) if rec else None, "models": len(rec)}},
            "models": rows, "made_by": made_by("select", select=sc.model_dump(), **place.record())}

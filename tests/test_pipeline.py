@@ -85,8 +85,8 @@ def assert_from_weights_outputs(project: Path) -> None:
             assert sum(row[method]["weights"].values()) == pytest.approx(1.0, abs=1e-5) and 0 <= row[method]["l1"] <= 2
     assert inf["summary"]["validation"]["adam"]["models"] == 3 and inf["summary"]["probes"]["adam"]["models"] == 1
     sel = json.loads((project / "metrics/select.json").read_text())
-    assert set(sel["summary"]["precision"]) == {"select", "select_one_sum", "topk_cosine", "lowest_loss", "random"}
-    assert sel["batch"] == 4  # select.batch unset: the training batch (train.batch_size)
+    assert set(sel["summary"]["precision"]) == {"select", "select_batched", "topk_cosine", "lowest_loss", "random"}
+    assert sel["batch"] == 0 and sel["batched_variant"] == 4  # one running sum; the comparison's sum per training batch
     row = sel["models"]["code+prose"]
     assert row["domains"] == ["code", "prose"] and set(row["ppl"]) == {"seed", "random", "select", "model"}
     picks = json.loads((project / "data/select/code+prose.json").read_text())["selected"]

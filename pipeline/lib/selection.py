@@ -12,8 +12,8 @@ the model's update ``theta_seed - theta_f`` (training moves against the gradient
 exactly.
 
 Selection, ``k`` examples: the paper's greedy rule (add the example that makes the running sum of
-selected gradients most aligned, in cosine, with the update; the sum started again every training
-batch, as in the paper code's ``greedy_batched``), and its baselines: the ``k`` most
+selected gradients most aligned, in cosine, with the update; optionally the sum started again every
+``batch`` picks, the paper code's ``greedy_batched``), and its baselines: the ``k`` most
 aligned gradients one at a time (top-k cosine, no running sum), the ``k`` lowest losses under
 ``theta_f``, and ``k`` drawn at random.
 """

@@ -18,9 +18,9 @@ class SelectConfig(Section):
     k: PositiveInt = 100  # examples each method selects
     gradients: Literal["linear", "head"] = "linear"  # every linear layer, or the output embedding only (the paper's default)
     proj_dim: PositiveInt = 4096  # sketch size per layer: a x b, b the largest divisor of it up to its square root
-    # picks per running sum (the paper code's greedy_batched): None = the training batch (train.batch_size), the examples
-    # of one optimiser step; 0 = one running sum for all k (the plain greedy, also reported as select_one_sum)
-    batch: Annotated[int, Field(ge=0)] | None = None
+    # picks per running sum: 0 = one running sum for all k (the paper's SELECT); n > 0 = the sum started again every n
+    # picks (the paper code's greedy_batched; reported beside it with n = train.batch_size as select_batched)
+    batch: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _check(self) -> SelectConfig:
