@@ -19,3 +19,4 @@ test: setup         ## the test suite (what CI runs), one worker per CPU
 bench: setup        ## the benchmarks, JSON on the last line of each
 	python -m pipeline.bench merge --json
 	python -m pipeline.bench xent --json
+	python -m pipeline.bench mixfit --json

@@ -179,3 +179,14 @@ def test_fit_power_finds_each_models_own_power_and_weights():
         assert power == p, (m, power)
         np.testing.assert_allclose(fit.weights, w, atol=0.02)
         assert all(fit.unexplained <= adam_fit(AdamModel(d, v, q), d, updates[m]).unexplained + 1e-12 for q in POWERS)
+
+
+def test_fit_benchmark_compares_the_blocked_step_with_the_reference(capsys):
+    """``python -m pipeline.bench mixfit``: JSON on the last line, the two paths timed and agreeing."""
+    import json
+
+    from pipeline.bench.mixfit import main
+
+    assert main(["--json", "-P", "5000", "--reps", "1"]) == 0
+    res = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert res["P"] == 5000 and res["reference_s"] > 0 and res["blocked_s"] > 0 and res["jtj_max_rel_diff"] < 1e-12
