@@ -212,10 +212,12 @@ def plain_fit(d: np.ndarray, f: np.ndarray) -> Fit:
     return _fit(*nnls_weights(d, f))
 
 
-def adam_fit(model: AdamModel, d: np.ndarray, f: np.ndarray, iters: int = 100, tol: float = 1e-10) -> Fit:
+def adam_fit(model: AdamModel, d: np.ndarray, f: np.ndarray, iters: int = 100, tol: float = 1e-10,
+             start: np.ndarray | None = None) -> Fit:
     """Non-negative ``c`` with the Adam-scaled prediction closest to ``f``: projected Levenberg-Marquardt
-    on the K x K normal equations, from the plain estimate, until a step gains less than ``tol`` of ``||f||^2``."""
-    c, _ = nnls_weights(d, f)
+    on the K x K normal equations, from the plain estimate (``start``: it, computed once by a caller that
+    fits ``f`` under several powers), until a step gains less than ``tol`` of ``||f||^2``."""
+    c = nnls_weights(d, f)[0] if start is None else start
     c = np.maximum(c, 1e-3 * max(c.max(), 1e-3))
     fk = f[model.keep]
     ff = float(f @ f)
@@ -247,14 +249,26 @@ def adam_fit(model: AdamModel, d: np.ndarray, f: np.ndarray, iters: int = 100, t
 POWERS = tuple(round(0.05 * i, 2) for i in range(11))  # 0 (the plain model) to 0.5 (Adam's square root)
 
 
+def _fits(d: np.ndarray, v: np.ndarray, updates: dict, powers: Sequence[float]):
+    """``(power, key, fit)`` for every power and update: one :class:`AdamModel` in memory at a time, each
+    update's plain estimate (the fits' start) computed once for all powers."""
+    starts = {m: nnls_weights(d, f)[0] for m, f in updates.items()}
+    with progress(total=len(powers) * len(updates), desc="fits", unit="fit") as bar:
+        for p in powers:
+            model = AdamModel(d, v, p)
+            for m, f in updates.items():
+                yield p, m, adam_fit(model, d, f, start=starts[m])
+                bar.update()
+
+
 def calibrate_power(d: np.ndarray, v: np.ndarray, cases: Sequence[tuple[np.ndarray, np.ndarray]],
                     powers: Sequence[float] = POWERS) -> tuple[float, dict[float, float]]:
     """The ``power`` whose fit has the smallest mean L1 error on ``cases`` (update, true weights):
     models of known data kept apart from those the estimate is judged on. Returns it and the error by power."""
-    errors = {}
-    for p in powers:
-        model = AdamModel(d, v, p)
-        errors[p] = float(np.mean([np.abs(adam_fit(model, d, f).weights - w).sum() for f, w in cases]))
+    l1: dict[float, list[float]] = {p: [] for p in powers}
+    for p, i, fit in _fits(d, v, {i: f for i, (f, _) in enumerate(cases)}, powers):
+        l1[p].append(float(np.abs(fit.weights - cases[i][1]).sum()))
+    errors = {p: float(np.mean(e)) for p, e in l1.items()}
     return min(errors, key=lambda p: (errors[p], -p)), errors
 
 
@@ -264,16 +278,11 @@ def fit_power(d: np.ndarray, v: np.ndarray, updates: dict[str, np.ndarray],
     is then a parameter of the update model fitted with the weights by least squares, model by model,
     from the weights alone (no model of known data needed). On the default run the updates chose 0.1-0.2
     for the unequal mixtures (a 10% shard's coordinates moved about linearly) and 0.15-0.5 for the
-    by-token truths, which one calibrated power could not serve both. One :class:`AdamModel` in memory at a time."""
+    by-token truths, which one calibrated power could not serve both."""
     best: dict[str, tuple[float, Fit]] = {}
-    with progress(total=len(powers) * len(updates), desc="fits", unit="fit") as bar:
-        for p in powers:
-            model = AdamModel(d, v, p)
-            for m, f in updates.items():
-                fit = adam_fit(model, d, f)
-                if m not in best or fit.unexplained < best[m][1].unexplained:
-                    best[m] = (p, fit)
-                bar.update()
+    for p, m, fit in _fits(d, v, updates, powers):
+        if m not in best or fit.unexplained < best[m][1].unexplained:
+            best[m] = (p, fit)
     return best
 
 
