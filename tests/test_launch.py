@@ -308,15 +308,17 @@ def test_run_job_returns_the_status_and_writes_the_log(tmp_path):
 def test_local_engine_runs_jobs_and_cancel_stops_them(tmp_path):
     eng = engines.LocalEngine()
     eng.submit(engines.Job("quick", "true", str(tmp_path), str(tmp_path / "q.log")))
-    eng.submit(engines.Job("slow", f"trap 'echo term > {tmp_path}/t; exit 143' TERM; sleep 60 & wait", str(tmp_path),
-                           str(tmp_path / "s.log")))
+    eng.submit(engines.Job("slow", f"trap 'echo term > {tmp_path}/t; exit 143' TERM; touch {tmp_path}/ready; sleep 60 & wait",
+                           str(tmp_path), str(tmp_path / "s.log")))
     deadline = time.monotonic() + 30
     ended = []
     while not ended and time.monotonic() < deadline:
         ended = eng.poll()
         time.sleep(0.05)
     assert [(j.name, status) for j, status, _ in ended] == [("quick", 0)] and eng.running() == ["slow"]
-    time.sleep(0.3)  # the trap is set
+    while not (tmp_path / "ready").exists():  # the trap is set (a fixed wait raced a loaded machine)
+        assert time.monotonic() < deadline, "the slow job did not start"
+        time.sleep(0.02)
     eng.cancel()
     assert [(j.name, status) for j, status, _ in eng.poll()] == [("slow", 143)] and eng.running() == []
     assert (tmp_path / "t").read_text() == "term\n"  # SIGTERM first: the job could clean up
