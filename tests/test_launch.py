@@ -7,6 +7,7 @@ and compare every output hash in dvc.lock (on one machine the models are bit-ide
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -140,7 +141,11 @@ def test_ctrl_c_cancels_the_jobs_and_leaves_nothing_half_written(engine, tmp_pat
 
     if engine == "ray":
         pytest.importorskip("ray")
-    root = make_project(tmp_path / "proj", corpus_rows, TINY_PARAMS)
+    # shard jobs of ~30x the tiny budget: still running when the Ctrl-C is handled, also on a loaded
+    # machine (with the tiny budget a full run here once saw the job found end first: nothing to cancel)
+    params = copy.deepcopy(TINY_PARAMS)
+    params["train"]["tokens"] *= 32
+    root = make_project(tmp_path / "proj", corpus_rows, params)
     dvc(root, "repro", "base")
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.launch", "--engine", engine, "--jobs", "2", "train"], cwd=root,
                             env=project_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -180,38 +185,43 @@ def test_deferred_interrupts_deliver_the_signal_when_the_block_ends(signum, hand
         signal.signal(signum, previous)
 
 
-def test_a_ctrl_c_while_a_stage_is_recorded_leaves_dvc_files_whole(tmp_path, monkeypatch):
+_RECORD_WITH_CTRL_C = """
+import signal, sys
+from dvc.stage import Stage
+from pipeline.lib.dvcrepo import Pipeline
+
+real_dump = Stage.dump
+
+def interrupted_dump(self, *args, **kwargs):
+    signal.raise_signal(signal.SIGINT)  # Ctrl-C lands while dvc.lock is being written
+    return real_dump(self, *args, **kwargs)
+
+Stage.dump = interrupted_dump
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as pipeline.launch sets it
+pipe = Pipeline(sys.argv[1], ["make"])
+try:
+    pipe.record("make")
+except KeyboardInterrupt:
+    print("interrupted after the record")
+finally:
+    pipe.close()
+"""
+
+
+def test_a_ctrl_c_while_a_stage_is_recorded_leaves_dvc_files_whole(tmp_path):
     """Ctrl-C in the middle of recording a stage (DVC writes .dvc/tmp/rwlock and dvc.lock in place)
-    stops launch after the record, not half-way: both files stay readable."""
-    from dvc.stage import Stage
-
-    from pipeline.lib.dvcrepo import Pipeline
-
+    stops launch after the record, not half-way: both files stay readable. In a fresh interpreter, as
+    launch runs: in the test worker's own process, a full run's earlier tests could leave its signal
+    state otherwise (two full runs here: DID NOT RAISE; alone it passed)."""
     root = tmp_path / "proj"
     root.mkdir()
     (root / "dvc.yaml").write_text("stages:\n  make:\n    cmd: echo hi > out.txt\n    outs:\n      - out.txt\n")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     dvc(root, "init", "-q")
     (root / "out.txt").write_text("hi\n")  # what the engine's job wrote
-    real_dump = Stage.dump
-
-    def interrupted_dump(self, *args, **kwargs):
-        signal.raise_signal(signal.SIGINT)  # Ctrl-C lands while dvc.lock is being written (to this thread, at once)
-        return real_dump(self, *args, **kwargs)
-
-    monkeypatch.setattr(Stage, "dump", interrupted_dump)
-    monkeypatch.chdir(root)  # where pipeline.launch runs
-    # launch records stages with Ctrl-C raising KeyboardInterrupt (it sets that handler); the test sets
-    # it too: an earlier test in the same worker process may have left another one (in full runs the
-    # held signal went to it and nothing was raised)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    pipe = Pipeline(root, ["make"])
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            pipe.record("make")
-    finally:
-        pipe.close()
-        signal.signal(signal.SIGINT, previous)
+    proc = subprocess.run([sys.executable, "-c", _RECORD_WITH_CTRL_C, str(root)], cwd=root, env=project_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1:] == ["interrupted after the record"], proc.stdout + proc.stderr
     assert "make" in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     rwlock = root / ".dvc/tmp/rwlock"
     assert not rwlock.exists() or json.loads(rwlock.read_text()) is not None
