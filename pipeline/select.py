@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -92,19 +93,29 @@ def main(args, cfg: Params) -> None:
     seed_model = load_model(args.base)
     maps = sketch_maps(linear_modules(seed_model, sc.gradients), sketch_shape(sc.proj_dim), cfg.seed)
     rows, selected, randoms = {}, {}, {}
+    cost = {"gradients": 0.0, "selection": 0.0, "retraining": 0.0, "scoring": 0.0}  # seconds, all models
+
+    def spent(part: str, t0: float) -> float:
+        now = time.perf_counter()
+        cost[part] += now - t0
+        return now
+
     for m, folder in folders.items():
         meta = read_json(folder / "shardmix.json", "model record")
         model = load_model(folder)
         deltas = layer_deltas(seed_model, model, sc.gradients)
         if not any(bool(d.any()) for d in deltas.values()):
             raise StageError(f"{folder}: its weights equal the seed's (no update to attribute): give a model fine-tuned from the seed")
+        t = time.perf_counter()
         grads = gradient_sketches(model.to(place.device), pool, sc.gradients, maps, deltas, cfg.eval.batch_size, place.device)
+        t = spent("gradients", t)
         g = grads.sketches.astype(np.float64)  # the rules score in float64: converted once here, not once per rule
         picks = {"select": greedy_select(g, grads.align, sc.k, sc.batch),
                  "select_batched": greedy_select(g, grads.align, sc.k, cfg.train.batch_size),
                  "topk_cosine": topk_cosine(g, grads.align, sc.k),
                  "lowest_loss": lowest_loss(grads.losses, sc.k), "random": random_pick(len(pool), sc.k, cfg.seed)}
         del g, grads  # ~1.7 GB at the default pool and sketch: not held through the retraining
+        t = spent("selection", t)
         mine = set(model_domains(meta, cfg.shards))
         row = {"domains": sorted(mine), "tokens": meta["tokens"],
                "precision": {k: round(float(np.mean([d in mine for d in pool.domains[idx]])), 6) for k, idx in picks.items()},
@@ -114,9 +125,11 @@ def main(args, cfg: Params) -> None:
         if budget not in randoms:
             randoms[budget] = retrain(args.base, pool, picks["random"], files, cfg.train, budget, cfg.seed + 1, f"random {budget}", place)
         sel_model = retrain(args.base, pool, picks["select"], files, cfg.train, budget, cfg.seed + 1, f"select {m}", place)
+        t = spent("retraining", t)
         ppl = {name: mean_ppl(mod, sets, cfg.eval.batch_size, place)
                for name, mod in (("seed", seed_model), ("random", randoms[budget]), ("select", sel_model), ("model", model))}
         gap = ppl["random"][0] - ppl["model"][0]
+        spent("scoring", t)
         row["ppl"] = {name: round(v[0], 6) for name, v in ppl.items()}
         row["ppl_by_domain"] = {name: v[1] for name, v in ppl.items()}
         row["recovery"] = round((ppl["random"][0] - ppl["select"][0]) / gap, 6) if gap > 0 else None
@@ -134,7 +147,9 @@ def main(args, cfg: Params) -> None:
         for m, picks in selected.items():
             write_json(tmp / f"{m}.json", {"model": m, "k": sc.k, "selected": picks, "made_by": made_by("select", model=m)})
     write_json(args.out, out)
-    run.write(models=len(rows), **place.facts())
+    log.info("%d models, pool %d: gradients %.0f s, selection %.0f s, retraining %.0f s, scoring %.0f s", len(rows), len(pool),
+             *(cost[p] for p in ("gradients", "selection", "retraining", "scoring")))
+    run.write(models=len(rows), pool=len(pool), cost={part: round(s, 1) for part, s in cost.items()}, **place.facts())
 
 
 def cli(argv: list[str] | None = None) -> int:

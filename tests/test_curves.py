@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from pipeline.lib.curves import PlainCurves
+from pipeline.lib.curves import STEP_SIGNAL_FILE, PlainCurves, curves
 
 
 def log_a_run(live) -> None:
@@ -57,3 +59,48 @@ def test_training_without_dvclive_writes_the_curves_and_needs_no_git(tmp_path: P
     metrics = json.loads((tmp_path / "live-plain" / "metrics.json").read_text())
     assert metrics["final_loss"] == summary["final_loss"] and metrics["step"] == 7  # 32 steps, a point every 4
     assert len((tmp_path / "live-plain/plots/metrics/loss.tsv").read_text().splitlines()) == 1 + 8
+
+
+def test_two_jobs_that_end_together_in_one_repository_both_finish(tmp_path: Path, monkeypatch):
+    """DVCLive's end checks that the repository's step-signal file exists, then removes it. A job beside it
+    (pipeline.launch --jobs 2) can remove it in between: that must not fail the job whose training is done."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    exists, raced = os.path.exists, []
+
+    def the_other_job_removes_it_right_after_the_check(path) -> bool:
+        found = exists(path)
+        if found and Path(path).name == STEP_SIGNAL_FILE:
+            os.remove(path)
+            raced.append(path)
+        return found
+
+    first, second = curves(tmp_path / "a"), curves(tmp_path / "b")
+    with first, second:
+        for live in (first, second):
+            live.log_metric("loss", 1.0)
+            live.next_step()
+        assert (tmp_path / ".dvc/tmp/exps/run" / STEP_SIGNAL_FILE).exists()
+        monkeypatch.setattr(os.path, "exists", the_other_job_removes_it_right_after_the_check)
+    assert raced, "the race was not reproduced: DVCLive no longer checks for the signal file before removing it"
+    for name in ("a", "b"):
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["loss"] == 1.0
+
+
+def test_other_missing_files_still_fail_the_job(tmp_path: Path, monkeypatch):
+    from dvclive import Live
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    monkeypatch.chdir(tmp_path)
+
+    def lost(self):
+        raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "a" / "metrics.json"))
+
+    monkeypatch.setattr(Live, "sync", lost)
+    live = curves(tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        with live:
+            live.log_metric("loss", 1.0)

@@ -11,6 +11,7 @@ GPU host or a cluster node that runs stage commands without DVC: ``scripts/run_s
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 import yaml
 
 from pipeline.lib.runtime import StageError
+
+STEP_SIGNAL_FILE = "DVCLIVE_STEP_COMPLETED"  # DVCLive's step signal for DVC's VS Code extension, one per repository
 
 
 class PlainCurves:
@@ -71,4 +74,26 @@ def curves(folder: str | Path):
     except ImportError:
         return PlainCurves(folder)
     check_git_has_commit()
-    return Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
+    return _shared_repo_live(Live)(dir=str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
+
+
+@functools.cache
+def _shared_repo_live(live_class):
+    """DVCLive's ``Live``, safe for training jobs that run side by side in one repository.
+
+    Each ``next_step`` writes ``.dvc/tmp/exps/run/DVCLIVE_STEP_COMPLETED`` (a signal for DVC's VS Code
+    extension), one file for the whole repository, and ``end`` removes it by checking that it exists and
+    then removing it. Two jobs that end together (``pipeline.launch --jobs 2``) both see it and the second
+    removal fails (FileNotFoundError) after its training is done. That file gone is exactly what the
+    removal wanted, so this error, and only for that file, is not an error.
+    """
+
+    class SharedRepoLive(live_class):
+        def end(self) -> None:
+            try:
+                super().end()  # removing the signal file is the last thing it does
+            except FileNotFoundError as e:
+                if Path(e.filename or "").name != STEP_SIGNAL_FILE:
+                    raise
+
+    return SharedRepoLive
