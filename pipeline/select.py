@@ -21,6 +21,7 @@ one seeded draw shared by models of the same budget. Selected ids go to ``--sele
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import time
@@ -38,8 +39,8 @@ from pipeline.lib.models import find_model, load_model
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, read_json, write_json
 from pipeline.lib.runtime import StageError, run_stage, stage_parser
 from pipeline.lib.scoring import evaluate, load_eval_sets
-from pipeline.lib.selection import (Pool, domain_files, gradient_sketches, greedy_select, layer_deltas, linear_modules, lowest_loss,
-                                    make_pool, random_pick, sketch_maps, topk_cosine)
+from pipeline.lib.selection import (Gradients, Pool, domain_files, gradient_sketches, gram_matrix, greedy_select, layer_deltas,
+                                    linear_modules, lowest_loss, make_pool, random_pick, sketch_maps, topk_cosine)
 from pipeline.lib.training import train_model
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,32 @@ def mean_ppl(model, sets, batch_size: int, place: Placement) -> tuple[float, dic
     return float(np.mean(list(per.values()))), per
 
 
+class Cost:
+    """Seconds spent by part, summed over the models (for the run record)."""
+
+    PARTS = ("gradients", "selection", "retraining", "scoring")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.PARTS, 0.0)
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+
+
+def pick_examples(grads: Gradients, sc: SelectConfig, per_batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Each method's ``select.k`` examples (indices into the pool), in the order of :data:`METHODS`."""
+    gram = gram_matrix(grads.sketches)  # the gradients' inner products, float64: all the rules read of them
+    return {"select": greedy_select(gram, grads.align, sc.k, sc.batch),
+            "select_batched": greedy_select(gram, grads.align, sc.k, per_batch),
+            "topk_cosine": topk_cosine(gram, grads.align, sc.k),
+            "lowest_loss": lowest_loss(grads.losses, sc.k), "random": random_pick(len(gram), sc.k, seed)}
+
+
 def main(args, cfg: Params) -> None:
     place = placement(cfg.threads, cfg.device, cfg.precision, params=args.params)
     run = RunRecord("select")
@@ -92,48 +119,32 @@ def main(args, cfg: Params) -> None:
                          f"({sc.pool_per_domain} per domain x {len(files)} domains): lower select.k or raise select.pool_per_domain")
     seed_model = load_model(args.base)
     maps = sketch_maps(linear_modules(seed_model, sc.gradients), sketch_shape(sc.proj_dim), cfg.seed)
-    rows, selected, randoms = {}, {}, {}
-    cost = {"gradients": 0.0, "selection": 0.0, "retraining": 0.0, "scoring": 0.0}  # seconds, all models
-
-    def spent(part: str, t0: float) -> float:
-        now = time.perf_counter()
-        cost[part] += now - t0
-        return now
-
+    rows, selected, randoms, cost = {}, {}, {}, Cost()
     for m, folder in folders.items():
         meta = read_json(folder / "shardmix.json", "model record")
         model = load_model(folder)
         deltas = layer_deltas(seed_model, model, sc.gradients)
         if not any(bool(d.any()) for d in deltas.values()):
             raise StageError(f"{folder}: its weights equal the seed's (no update to attribute): give a model fine-tuned from the seed")
-        t = time.perf_counter()
-        grads = gradient_sketches(model.to(place.device), pool, sc.gradients, maps, deltas, cfg.eval.batch_size, place.device)
-        t = spent("gradients", t)
-        g = grads.sketches.astype(np.float64)  # the rules score in float64: converted once here, not once per rule
-        picks = {"select": greedy_select(g, grads.align, sc.k, sc.batch),
-                 "select_batched": greedy_select(g, grads.align, sc.k, cfg.train.batch_size),
-                 "topk_cosine": topk_cosine(g, grads.align, sc.k),
-                 "lowest_loss": lowest_loss(grads.losses, sc.k), "random": random_pick(len(pool), sc.k, cfg.seed)}
-        del g, grads  # ~1.7 GB at the default pool and sketch: not held through the retraining
-        t = spent("selection", t)
+        with cost.part("gradients"):
+            grads = gradient_sketches(model.to(place.device), pool, sc.gradients, maps, deltas, cfg.eval.batch_size, place.device)
+        with cost.part("selection"):
+            picks = pick_examples(grads, sc, cfg.train.batch_size, cfg.seed)
+            del grads  # ~570 MB at the default pool and sketch: not held through the retraining
         mine = set(model_domains(meta, cfg.shards))
         row = {"domains": sorted(mine), "tokens": meta["tokens"],
                "precision": {k: round(float(np.mean([d in mine for d in pool.domains[idx]])), 6) for k, idx in picks.items()},
                "pool_share": round(float(np.mean([d in mine for d in pool.domains])), 6)}
-        sets = load_eval_sets(args.tokens, sorted(mine), cfg.eval.seq_len)
         budget = int(meta["tokens"])
-        if budget not in randoms:
-            randoms[budget] = retrain(args.base, pool, picks["random"], files, cfg.train, budget, cfg.seed + 1, f"random {budget}", place)
-        sel_model = retrain(args.base, pool, picks["select"], files, cfg.train, budget, cfg.seed + 1, f"select {m}", place)
-        t = spent("retraining", t)
-        ppl = {name: mean_ppl(mod, sets, cfg.eval.batch_size, place)
-               for name, mod in (("seed", seed_model), ("random", randoms[budget]), ("select", sel_model), ("model", model))}
-        gap = ppl["random"][0] - ppl["model"][0]
-        spent("scoring", t)
-        row["ppl"] = {name: round(v[0], 6) for name, v in ppl.items()}
-        row["ppl_by_domain"] = {name: v[1] for name, v in ppl.items()}
-        row["recovery"] = round((ppl["random"][0] - ppl["select"][0]) / gap, 6) if gap > 0 else None
-        rows[m] = row
+        with cost.part("retraining"):
+            if budget not in randoms:
+                randoms[budget] = retrain(args.base, pool, picks["random"], files, cfg.train, budget, cfg.seed + 1, f"random {budget}", place)
+            sel_model = retrain(args.base, pool, picks["select"], files, cfg.train, budget, cfg.seed + 1, f"select {m}", place)
+        with cost.part("scoring"):
+            sets = load_eval_sets(args.tokens, sorted(mine), cfg.eval.seq_len)
+            ppl = {name: mean_ppl(mod, sets, cfg.eval.batch_size, place)
+                   for name, mod in (("seed", seed_model), ("random", randoms[budget]), ("select", sel_model), ("model", model))}
+        rows[m] = recovery_row(row, ppl)
         selected[m] = {k: pool.ids(idx) for k, idx in picks.items()}
         log.info("%s: precision %s (pool %.2f); ppl seed %.4f random %.4f select %.4f model %.4f: recovery %s", m,
                  row["precision"], row["pool_share"], *(row["ppl"][n] for n in ("seed", "random", "select", "model")), row["recovery"])
@@ -147,9 +158,17 @@ def main(args, cfg: Params) -> None:
         for m, picks in selected.items():
             write_json(tmp / f"{m}.json", {"model": m, "k": sc.k, "selected": picks, "made_by": made_by("select", model=m)})
     write_json(args.out, out)
-    log.info("%d models, pool %d: gradients %.0f s, selection %.0f s, retraining %.0f s, scoring %.0f s", len(rows), len(pool),
-             *(cost[p] for p in ("gradients", "selection", "retraining", "scoring")))
-    run.write(models=len(rows), pool=len(pool), cost={part: round(s, 1) for part, s in cost.items()}, **place.facts())
+    log.info("%d models, pool %d: %s (seconds)", len(rows), len(pool), ", ".join(f"{p} {s:.0f}" for p, s in cost.seconds.items()))
+    run.write(models=len(rows), pool=len(pool), cost={p: round(s, 1) for p, s in cost.seconds.items()}, **place.facts())
+
+
+def recovery_row(row: dict, ppl: dict[str, tuple[float, dict[str, float]]]) -> dict:
+    """``row`` with the mean perplexities (seed, random, select, model), by domain, and the recovery of the gap."""
+    gap = ppl["random"][0] - ppl["model"][0]
+    row["ppl"] = {name: round(v[0], 6) for name, v in ppl.items()}
+    row["ppl_by_domain"] = {name: v[1] for name, v in ppl.items()}
+    row["recovery"] = round((ppl["random"][0] - ppl["select"][0]) / gap, 6) if gap > 0 else None
+    return row
 
 
 def cli(argv: list[str] | None = None) -> int:

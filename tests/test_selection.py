@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.lib.selection import (Pool, gradient_sketches, greedy_select, layer_deltas, linear_modules, lowest_loss, make_pool,
+from pipeline.lib.selection import (Pool, gradient_sketches, gram_matrix, greedy_select, layer_deltas, linear_modules, lowest_loss, make_pool,
                                     random_pick, sketch_maps, topk_cosine, update_sketch)
 from pipeline.lib.runtime import StageError
 from tests.test_mixfit import _token_file
@@ -78,8 +78,8 @@ def test_greedy_follows_the_running_sum_rule_on_hand_made_vectors():
                   [0.9, 0.9, 0.0],   # 2: the best alone
                   [1.0, 0.9, 0.0],   # 3: close to 2
                   [0.0, 0.0, 5.0]])  # 4: orthogonal
-    align = g @ t
-    order = greedy_select(g, align, 3)
+    align, gram = g @ t, gram_matrix(g)
+    order = greedy_select(gram, align, 3)
     # step 1: the best cosine alone (2); step 2: S + g_i most aligned: 2 + 3 -> (1.9, 1.8) beats 2 + 0 -> (1.9, 0.9)
     assert list(order[:2]) == [2, 3]
     # by brute force at every step
@@ -91,11 +91,11 @@ def test_greedy_follows_the_running_sum_rule_on_hand_made_vectors():
         chosen.append(best)
         s += g[best]
     assert list(order) == chosen
-    assert list(topk_cosine(g, align, 2)) == [2, 3]
+    assert list(topk_cosine(gram, align, 2)) == [2, 3]
     assert list(lowest_loss(np.array([3.0, 1.0, 2.0]), 2)) == [1, 2]
     np.testing.assert_array_equal(random_pick(10, 4, 7), random_pick(10, 4, 7))
     with pytest.raises(ValueError, match="k must be between 1 and the pool size"):
-        greedy_select(g, align, 6)
+        greedy_select(gram, align, 6)
 
 
 def test_batched_greedy_starts_the_running_sum_again_every_batch():
@@ -104,7 +104,7 @@ def test_batched_greedy_starts_the_running_sum_again_every_batch():
     rng = np.random.default_rng(0)
     g = rng.normal(size=(40, 6))
     t = rng.normal(size=6)
-    align = g @ t
+    align, gram = g @ t, gram_matrix(g)
     for batch in (2, 3, 7):
         chosen: list[int] = []
         while len(chosen) < 10:
@@ -113,13 +113,21 @@ def test_batched_greedy_starts_the_running_sum_again_every_batch():
                 best = max((i for i in range(40) if i not in chosen), key=lambda i: (s + g[i]) @ t / np.linalg.norm(s + g[i]))
                 chosen.append(best)
                 s += g[best]
-        assert list(greedy_select(g, align, 10, batch)) == chosen
-    assert list(greedy_select(g, align, 10, 1)) == list(topk_cosine(g, align, 10))
-    np.testing.assert_array_equal(greedy_select(g, align, 10, 10), greedy_select(g, align, 10))
-    np.testing.assert_array_equal(greedy_select(g, align, 10, 25), greedy_select(g, align, 10, 0))
-    assert not np.array_equal(greedy_select(g, align, 10, 3), greedy_select(g, align, 10))  # the reset changes the picks here
+        assert list(greedy_select(gram, align, 10, batch)) == chosen
+    assert list(greedy_select(gram, align, 10, 1)) == list(topk_cosine(gram, align, 10))
+    np.testing.assert_array_equal(greedy_select(gram, align, 10, 10), greedy_select(gram, align, 10))
+    np.testing.assert_array_equal(greedy_select(gram, align, 10, 25), greedy_select(gram, align, 10, 0))
+    assert not np.array_equal(greedy_select(gram, align, 10, 3), greedy_select(gram, align, 10))  # the reset changes the picks here
     with pytest.raises(ValueError, match="picks per running sum"):
-        greedy_select(g, align, 10, -1)
+        greedy_select(gram, align, 10, -1)
+
+
+def test_the_gram_matrix_is_summed_block_by_block_in_float64():
+    g = np.random.default_rng(1).normal(size=(7, 50)).astype(np.float32)
+    want = g.astype(np.float64) @ g.astype(np.float64).T
+    for block in (1, 8, 50, 8192):
+        np.testing.assert_allclose(gram_matrix(g, block), want, rtol=1e-13, atol=1e-13)
+    assert gram_matrix(g).dtype == np.float64
 
 
 def test_pool_takes_seeded_windows_of_every_domain(tmp_path):

@@ -134,6 +134,18 @@ def _gradients_from_here(model, subset: str):
     return emb.register_forward_hook(lambda mod, args, out: out.requires_grad_())
 
 
+def _layer_terms(g: torch.Tensor, x: torch.Tensor, u: torch.Tensor, w: torch.Tensor, d: torch.Tensor):
+    """One layer's per-example sketch ``(g U)^T (x W)`` [b, a * c] and exact inner product with its
+    update ``D`` [b] from its output gradients ``g`` [b, l, out] and inputs ``x`` [b, l, in].
+
+    The inner product ``<sum_t g_t^T x_t, D>`` goes through the layer's narrower side, ``(g D) . x`` or
+    ``g . (x D^T)``: for the head, ``g . (x D^T)`` sums l x vocab fp32 products per example (off by up
+    to 2e-3 of its size against float64 on the default run's models), ``(g D) . x`` l x hidden (7e-6)."""
+    sketch = torch.einsum("bla,blc->bac", g @ u, x @ w).flatten(1)
+    align = torch.einsum("bli,bli->b", g @ d, x) if d.shape[0] >= d.shape[1] else torch.einsum("blo,blo->b", g, x @ d.T)
+    return sketch, align
+
+
 def gradient_sketches(model, pool: Pool, subset: str, maps: dict, deltas: dict[str, torch.Tensor], batch_size: int = 16,
                       device: torch.device = torch.device("cpu")) -> Gradients:
     """Each example's weight gradient of its mean next-token loss at ``model`` (on ``device``, fp32):
@@ -156,13 +168,7 @@ def gradient_sketches(model, pool: Pool, subset: str, maps: dict, deltas: dict[s
 
     def on_grad(name):
         def hook(grad):
-            g, x = grad.float(), inputs[name].float()
-            u, w = maps[name]
-            parts[name] = torch.einsum("bla,blc->bac", g @ u, x @ w).flatten(1)
-            # <sum_t d_t^T x_t, D> through the narrower side, (d D) . x or d . (x D^T): for the head, d . (x D^T) sums
-            # b x l x vocab fp32 products per example (2e-3 relative error against float64 here), (d D) . x 7e-6
-            d = deltas[name]
-            aligns[name] = torch.einsum("bli,bli->b", g @ d, x) if d.shape[0] >= d.shape[1] else torch.einsum("blo,blo->b", g, x @ d.T)
+            parts[name], aligns[name] = _layer_terms(grad.float(), inputs[name].float(), *maps[name], deltas[name])
         return hook
 
     def keep_input(name):
@@ -181,7 +187,6 @@ def gradient_sketches(model, pool: Pool, subset: str, maps: dict, deltas: dict[s
     try:
         for lo in progress(range(0, len(pool), batch_size), desc="gradients", unit="batch"):
             x = torch.from_numpy(pool.tokens[lo : lo + batch_size]).to(device)
-            model.zero_grad(set_to_none=True)
             logits = model(input_ids=x[:, :-1]).logits.float()
             # over the vocabulary as the last dimension: the head's output gradient comes out contiguous, and the
             # log-softmax runs on its fast path (over a transposed [b, V, l] both cost as much as the rest of the pass)
@@ -209,40 +214,51 @@ def update_sketch(deltas: dict[str, torch.Tensor], maps: dict) -> tuple[np.ndarr
     return torch.cat(parts).double().numpy(), norm
 
 
-def greedy_select(g: np.ndarray, align: np.ndarray, k: int, batch: int = 0) -> np.ndarray:
+def gram_matrix(g: np.ndarray, block: int = 8192) -> np.ndarray:
+    """``<g_i, g_j>`` of the rows of ``g`` [n, dim] in float64, [n, n]: all the selection rules read of
+    the gradients. Summed over blocks of ``block`` columns, so that float32 sketches are never held
+    in float64 whole (1,200 x 118,784 by default: 1.1 GB, against 11 MB for the Gram matrix)."""
+    n, dim = g.shape
+    gram = np.zeros((n, n))
+    for lo in range(0, dim, block):
+        part = np.asarray(g[:, lo : lo + block], dtype=np.float64)
+        gram += part @ part.T
+    return gram
+
+
+def greedy_select(gram: np.ndarray, align: np.ndarray, k: int, batch: int = 0) -> np.ndarray:
     """The paper's rule: ``k`` times, add the unselected example that makes the running sum ``S`` of
     selected gradients most aligned (cosine) with the update ``t``. ``align[i] = <g_i, t>`` (exact);
-    ``g`` (sketched or exact) gives ``||S + g_i||``. With ``batch`` > 0 the running sum starts again
+    ``gram`` (:func:`gram_matrix` of the sketched or exact ``g``) gives ``||S + g_i||``: ``<g_i, S>``
+    is the sum of ``gram[i, j]`` over the selected ``j``. With ``batch`` > 0 the running sum starts again
     after every ``batch`` picks (the paper code's ``greedy_batched``): each batch is matched to the
     update the way one training step's minibatch moves it; ``batch`` 1 is top-k cosine, 0 (or >= k)
     one running sum for all ``k``. Returns indices in selection order."""
-    n = len(g)
+    n = len(gram)
     if not 1 <= k <= n:
         raise ValueError(f"k = {k} examples from a pool of {n}: k must be between 1 and the pool size")
     if batch < 0:
         raise ValueError(f"batch = {batch}: give the picks per running sum (>= 1), or 0 for one running sum")
-    g = np.asarray(g, dtype=np.float64)
-    gg = np.einsum("ij,ij->i", g, g)
+    gg = np.diag(gram).copy()
     chosen = np.zeros(n, dtype=bool)
     order: list[int] = []
     while len(order) < k:
-        running = np.zeros(g.shape[1])
+        sg = np.zeros(n)  # <g_i, S> for every i
         dot_run, norm_run = 0.0, 0.0  # <S, t>, ||S||^2
         for _ in range(min(batch or k, k - len(order))):
-            sg = g @ running
             score = (dot_run + align) / np.sqrt(np.maximum(norm_run + 2 * sg + gg, 1e-300))
             score[chosen] = -np.inf
             i = int(np.argmax(score))
             order.append(i)
             chosen[i] = True
-            running += g[i]
             dot_run, norm_run = dot_run + align[i], norm_run + 2 * sg[i] + gg[i]
+            sg += gram[i]
     return np.array(order, dtype=np.int64)
 
 
-def topk_cosine(g: np.ndarray, align: np.ndarray, k: int) -> np.ndarray:
+def topk_cosine(gram: np.ndarray, align: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` examples whose own gradient is most aligned (cosine) with the update (no running sum)."""
-    cos = align / np.maximum(np.linalg.norm(np.asarray(g, dtype=np.float64), axis=1), 1e-300)
+    cos = align / np.maximum(np.sqrt(np.diag(gram)), 1e-300)
     return np.argsort(-cos, kind="stable")[:k]
 
 
