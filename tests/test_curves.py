@@ -13,6 +13,12 @@ import yaml
 from pipeline.lib.curves import STEP_SIGNAL_FILE, PlainCurves, curves
 
 
+def committed_repository(path: Path) -> None:
+    """A git repository with one commit at ``path`` (DVCLive needs one)."""
+    subprocess.run(["git", "init", "-q", str(path)], check=True)
+    subprocess.run(["git", "-C", str(path), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+
+
 def log_a_run(live) -> None:
     with live:
         live.log_params({"tokens": 4096, "lr": 0.001, "steps": 3})
@@ -26,8 +32,7 @@ def log_a_run(live) -> None:
 def test_plain_curves_write_what_dvclive_writes(tmp_path: Path):
     from dvclive import Live
 
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    committed_repository(tmp_path)
     log_a_run(Live(dir=str(tmp_path / "dvclive"), dvcyaml=None, save_dvc_exp=False, report=None))
     log_a_run(PlainCurves(tmp_path / "plain"))
     files = {p.relative_to(tmp_path / "dvclive") for p in (tmp_path / "dvclive").rglob("*") if p.is_file()}
@@ -64,8 +69,7 @@ def test_training_without_dvclive_writes_the_curves_and_needs_no_git(tmp_path: P
 def test_two_jobs_that_end_together_in_one_repository_both_finish(tmp_path: Path, monkeypatch):
     """DVCLive's end checks that the repository's step-signal file exists, then removes it. A job beside it
     (pipeline.launch --jobs 2) can remove it in between: that must not fail the job whose training is done."""
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    committed_repository(tmp_path)
     (tmp_path / ".dvc").mkdir()
     monkeypatch.chdir(tmp_path)
     exists, raced = os.path.exists, []
@@ -92,8 +96,7 @@ def test_two_jobs_that_end_together_in_one_repository_both_finish(tmp_path: Path
 def test_other_missing_files_still_fail_the_job(tmp_path: Path, monkeypatch):
     from dvclive import Live
 
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    subprocess.run(["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    committed_repository(tmp_path)
     monkeypatch.chdir(tmp_path)
 
     def lost(self):

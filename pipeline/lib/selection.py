@@ -119,14 +119,14 @@ def layer_deltas(seed_model, model, subset: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _gradients_from_here(model, subset: str):
+def _gradients_from_here(model, mods: dict[str, torch.nn.Linear], subset: str):
     """Where the backward starts to be needed: the output embedding's input for ``head`` (nothing below
     it is sketched, so the backward stops there), else the input embeddings' output. With no weight
     requiring a gradient, the backward then computes exactly the layers' output gradients the hooks
     read (the same operations as with weight gradients, so the same values) and skips the weight
     gradients, a third of a linear layer's backward and the whole body's backward for ``head``."""
     if subset == "head":
-        return linear_modules(model, subset)["lm_head"].register_forward_pre_hook(
+        return mods["lm_head"].register_forward_pre_hook(
             lambda mod, args: (args[0].detach().requires_grad_(), *args[1:]))
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if not isinstance(emb, torch.nn.Module):
@@ -177,7 +177,7 @@ def gradient_sketches(model, pool: Pool, subset: str, maps: dict, deltas: dict[s
             out.register_hook(on_grad(name))
         return hook
 
-    handles = [_gradients_from_here(model, subset)]
+    handles = [_gradients_from_here(model, mods, subset)]
     handles += [m.register_forward_hook(keep_input(n)) for n, m in mods.items()]
     trainable = [p for p in model.parameters() if p.requires_grad]
     for p in trainable:  # the backward computes the layers' output gradients only, never a weight's gradient
