@@ -20,3 +20,4 @@ bench: setup        ## the benchmarks, JSON on the last line of each
 	python -m pipeline.bench merge --json
 	python -m pipeline.bench xent --json
 	python -m pipeline.bench mixfit --json
+	python -m pipeline.bench select --json

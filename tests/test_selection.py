@@ -179,3 +179,15 @@ def test_the_heads_alignment_holds_to_float64_over_a_real_vocabulary():
         F.cross_entropy(m64(input_ids=x[None, :-1]).logits[0], x[1:]).backward()
         want.append(float((m64.lm_head.weight.grad * delta).sum()))
     np.testing.assert_allclose(got.align, want, rtol=3e-6)  # through the outputs: up to 3e-5 here
+
+
+def test_select_benchmark_times_the_pass_and_the_rules_against_their_plain_forms(capsys):
+    """``python -m pipeline.bench select``: JSON on the last line; the fast paths agree with the plain ones."""
+    import json
+
+    from pipeline.bench.select import main
+
+    assert main(["--quick", "--json", "-n", "4", "--pool", "60", "--dim", "300"]) == 0
+    res = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert res["examples"] == 4 and res["previous_s"] > 0 and res["ours_s"] > 0 and res["selection_gram_s"] > 0
+    assert res["same_picks"] is True and res["align_rel_err_ours"] < 1e-4
