@@ -15,7 +15,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["append_row", "emit", "interleaved_medians"]
+__all__ = ["append_row", "emit", "interleaved_medians", "seconds"]
+
+
+def seconds(t: float) -> float:
+    """A time in seconds to 4 significant digits: a fixed number of decimals would print a quick
+    run's fractions of a millisecond as 0."""
+    return float(f"{t:.4g}")
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.bench import emit, interleaved_medians
+from pipeline.bench import emit, interleaved_medians, seconds
 from pipeline.lib.mixfit import AdamModel
 
 
@@ -42,7 +42,7 @@ def run(k: int, p: int, reps: int) -> dict:
     ref = reference()
     rel = float(np.abs(blocked[1] - ref[1]).max() / np.abs(ref[1]).max())
     t = interleaved_medians({"reference": reference, "blocked": lambda: model.normal_equations(c, f)}, reps)
-    return {"K": k, "P": p, "reps": reps, "reference_s": round(t["reference"], 4), "blocked_s": round(t["blocked"], 4),
+    return {"K": k, "P": p, "reps": reps, "reference_s": seconds(t["reference"]), "blocked_s": seconds(t["blocked"]),
             "speedup": round(t["reference"] / t["blocked"], 3), "jtj_max_rel_diff": rel}
 
 

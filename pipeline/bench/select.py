@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.bench import emit, interleaved_medians
+from pipeline.bench import emit, interleaved_medians, seconds
 from pipeline.lib.selection import (Pool, gradient_sketches, gram_matrix, greedy_select, layer_deltas, linear_modules, sketch_maps,
                                     topk_cosine)
 
@@ -97,7 +97,7 @@ def gradient_pass(n: int, reps: int, batch_size: int = 16, seq_len: int = 256) -
     t = interleaved_medians({"previous": lambda: previous_pass(model, pool, maps, deltas, batch_size),
                              "ours": lambda: gradient_sketches(model, pool, "linear", maps, deltas, batch_size)}, reps)
     scale = float(np.abs(ref).max())
-    return {"examples": n, "previous_s": round(t["previous"], 3), "ours_s": round(t["ours"], 3),
+    return {"examples": n, "previous_s": seconds(t["previous"]), "ours_s": seconds(t["ours"]),
             "pass_speedup": round(t["previous"] / t["ours"], 3),
             "align_rel_err_previous": float(np.abs(prev - ref).max() / scale), "align_rel_err_ours": float(np.abs(ours - ref).max() / scale)}
 
@@ -134,7 +134,7 @@ def selection(pool: int, dim: int, k: int, reps: int) -> dict:
 
     same = all(np.array_equal(a, b) for a, b in zip(plain(), gram()))
     t = interleaved_medians({"plain": plain, "gram": gram}, reps, warmup=0)
-    return {"pool": pool, "dim": dim, "k": k, "selection_plain_s": round(t["plain"], 3), "selection_gram_s": round(t["gram"], 3),
+    return {"pool": pool, "dim": dim, "k": k, "selection_plain_s": seconds(t["plain"]), "selection_gram_s": seconds(t["gram"]),
             "selection_speedup": round(t["plain"] / t["gram"], 3), "same_picks": same}
 
 
