@@ -21,3 +21,4 @@ bench: setup        ## the benchmarks, JSON on the last line of each
 	python -m pipeline.bench xent --json
 	python -m pipeline.bench mixfit --json
 	python -m pipeline.bench select --json
+	python -m pipeline.bench train --json

@@ -1,0 +1,216 @@
+"""The recipe's training step on the default model's shape: where its time goes, and what two candidate changes would gain.
+
+``python -m pipeline.bench train [--quick] [--json] [--csv PATH] [--reps 5]``
+
+Every model the pipeline makes on the CPU is trained by one step (:mod:`pipeline.lib.training`):
+the full ``[tokens, vocabulary]`` logits, their cross-entropy, backward, gradient clipping and AdamW,
+in fp32. On the default shape (hidden 128, 4 layers, vocabulary 8,192, tied embeddings; batches of
+8 x 256 tokens) the output embedding is most of the arithmetic, and its ``[2048, 8192]`` logits are
+written, read and differentiated through memory. This benchmark times, round-robin on a random model
+of that shape (each variant its own copy and optimizer, the same batch):
+
+- ``recipe``: the step the stages run (``lm_loss``, backward, clip, AdamW), and its parts: forward
+  and loss, backward, clip and optimizer; and the output embedding with its cross-entropy alone;
+- ``chunked``: the same step with the loss taken through the output embedding a chunk of 512
+  tokens at a time, its gradients computed in the same pass (no ``[tokens, vocabulary]`` logits
+  are kept): :class:`ChunkedLinearXent`, the same math in another order;
+- ``bf16``: the recipe's step under CPU bf16 autocast (fp32 weights and optimizer; this machine's
+  AVX512-BF16 runs bf16 matrix products at about twice the fp32 rate);
+- ``chunked_bf16``: both.
+
+Each candidate's loss and gradients at the same weights are compared with the recipe's (fp32).
+None of them is the
+pipeline's default: a model trained another way differs in its bits, so adopting one means
+rerunning every training stage (``docs/results.md``, "Time of a full run"). Last line printed: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.bench import emit, interleaved_medians, seconds
+from pipeline.lib.training import lm_loss
+
+SHAPES = {  # vocabulary, hidden, intermediate, layers, heads, batch, tokens per window
+    "default": (8192, 128, 384, 4, 4, 8, 256),
+    "quick": (512, 32, 64, 2, 2, 2, 32),
+}
+
+
+class ChunkedLinearXent(torch.autograd.Function):
+    """Mean next-token cross-entropy of ``hidden @ weight.T`` over ``chunk`` rows at a time.
+
+    The forward computes each chunk's logits, their log-sum-exp and, at once, the chunk's gradient
+    ``(softmax - onehot) / N`` times the weight and the hidden states, so no ``[N, V]`` tensor
+    outlives a chunk; the backward only scales the gradients it saved. Under autocast the matrix
+    products run in its dtype, the log-sum-exp and the sums in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        n = hidden.shape[0]
+        grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        for lo in range(0, n, chunk):
+            h, y = hidden[lo : lo + chunk], targets[lo : lo + chunk]
+            z = (h @ weight.T).float()
+            lse = torch.logsumexp(z, dim=1)
+            total += (lse - z.gather(1, y[:, None])[:, 0]).sum(dtype=torch.float64)
+            p = torch.exp_(z.sub_(lse[:, None]))
+            p[torch.arange(len(y), device=y.device), y] -= 1.0
+            p.mul_(1.0 / n)
+            grad_h[lo : lo + chunk] = (p @ weight).float()
+            grad_w += (p.T @ h).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return (total / n).float()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return (grad_h * grad_out).to(ctx.dtypes[0]), (grad_w * grad_out).to(ctx.dtypes[1]), None, None
+
+
+def chunked_loss(model, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """:func:`pipeline.lib.training.lm_loss` through :class:`ChunkedLinearXent` (a Llama-style model:
+    ``model.model`` gives the final hidden states, ``model.lm_head`` the output embedding)."""
+    hidden = model.model(input_ids=x[:, :-1]).last_hidden_state
+    return ChunkedLinearXent.apply(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, x[:, 1:].reshape(-1), chunk)
+
+
+def random_model(shape: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    vocab, hidden, inter, layers, heads, _, seq = SHAPES[shape]
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2 * seq,
+                      tie_word_embeddings=True)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).float().train()
+
+
+VARIANTS = {  # name: (loss function, bf16 autocast)
+    "recipe": (lm_loss, False),
+    "chunked": (chunked_loss, False),
+    "bf16": (lm_loss, True),
+    "chunked_bf16": (chunked_loss, True),
+}
+
+
+class Trainer:
+    """One variant's model, AdamW (the train recipe's settings) and step."""
+
+    def __init__(self, model, name: str):
+        self.model = copy.deepcopy(model)
+        self.loss_fn, bf16 = VARIANTS[name]
+        self.ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+
+    def grads(self, x: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
+        self.model.zero_grad(set_to_none=True)
+        with self.ctx():
+            loss = self.loss_fn(self.model, x)
+        loss.backward()
+        return loss.item(), {n: p.grad.detach().clone() for n, p in self.model.named_parameters()}
+
+    def step(self, x: torch.Tensor, parts: dict[str, list[float]] | None = None) -> None:
+        t0 = time.perf_counter()
+        with self.ctx():
+            loss = self.loss_fn(self.model, x)
+        t1 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        if parts is not None:
+            for key, dt in (("forward", t1 - t0), ("backward", t2 - t1), ("optimizer", time.perf_counter() - t2)):
+                parts[key].append(dt)
+
+
+def agreement(ref: tuple[float, dict], got: tuple[float, dict]) -> dict:
+    """Loss difference and the largest gradient difference relative to the largest gradient, over tensors."""
+    rel = max(float((got[1][n] - g).abs().max() / g.abs().max().clamp_min(1e-30)) for n, g in ref[1].items())
+    return {"loss_abs_diff": abs(got[0] - ref[0]), "grad_max_rel_diff": rel}
+
+
+def head_alone(shape: str, reps: int) -> dict:
+    """The output embedding and its cross-entropy, forward and backward, on the step's tokens: full logits against chunks."""
+    vocab, hidden, *_, batch, seq = SHAPES[shape]
+    n = batch * seq
+    torch.manual_seed(1)
+    h = (torch.randn(n, hidden) * 0.5).requires_grad_()
+    w = (torch.randn(vocab, hidden) * 0.02).requires_grad_()
+    y = torch.randint(0, vocab, (n,))
+
+    def full():
+        F.cross_entropy(h @ w.T, y).backward()
+
+    def chunked():
+        ChunkedLinearXent.apply(h, w, y, 512).backward()
+
+    t = interleaved_medians({"full": full, "chunked": chunked}, reps)
+    return {"head_xent_s": seconds(t["full"]), "head_xent_chunked_s": seconds(t["chunked"])}
+
+
+def gemm_rates(shape: str, reps: int) -> dict:
+    """GFLOP/s of the output embedding's forward product on the step's tokens, fp32 and bf16."""
+    vocab, hidden, *_, batch, seq = SHAPES[shape]
+    a, b = torch.randn(batch * seq, hidden), torch.randn(hidden, vocab)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    t = interleaved_medians({"fp32": lambda: a @ b, "bf16": lambda: a16 @ b16}, max(reps, 5))
+    flops = 2 * a.shape[0] * hidden * vocab
+    return {"head_gemm_gflops_fp32": round(flops / t["fp32"] / 1e9, 1), "head_gemm_gflops_bf16": round(flops / t["bf16"] / 1e9, 1)}
+
+
+def bench(shape: str, reps: int, steps: int) -> dict:
+    vocab, *_, batch, seq = SHAPES[shape]
+    model = random_model(shape)
+    x = torch.randint(0, vocab, (batch, seq + 1), generator=torch.Generator().manual_seed(2))
+    trainers = {name: Trainer(model, name) for name in VARIANTS}
+    ref = trainers["recipe"].grads(x)
+    out: dict = {"shape": shape, "tokens_per_step": batch * seq, "threads": torch.get_num_threads()}
+    for name, tr in trainers.items():
+        if name != "recipe":
+            out |= {f"{name}_{k}": v for k, v in agreement(ref, tr.grads(x)).items()}
+    parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
+    fns = {name: (lambda tr=tr: [tr.step(x) for _ in range(steps)]) for name, tr in trainers.items()}
+    fns["recipe"] = lambda: [trainers["recipe"].step(x, parts) for _ in range(steps)]
+    t = interleaved_medians(fns, reps)
+    for name in VARIANTS:
+        per_step = t[name] / steps
+        out[f"{name}_step_s"] = seconds(per_step)
+        out[f"{name}_tokens_per_s"] = round(batch * seq / per_step)
+        if name != "recipe":
+            out[f"{name}_speedup"] = round(t["recipe"] / t[name], 3)
+    total = sum(sum(v) for v in parts.values())
+    out |= {f"recipe_{k}_share": round(sum(v) / total, 3) for k, v in parts.items()}
+    out |= head_alone(shape, reps)
+    out["head_xent_share_of_step"] = round(out["head_xent_s"] / out["recipe_step_s"], 3)
+    out |= gemm_rates(shape, reps)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.bench train", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny model (vocabulary 512, hidden 32): seconds")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions of each variant (default 5, quick 1)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per repetition (default 4, quick 2)")
+    parser.add_argument("--csv", type=Path, default=None, help="also append the figures to this CSV")
+    args = parser.parse_args(argv)
+    res = bench("quick" if args.quick else "default", args.reps or (1 if args.quick else 5), args.steps or (2 if args.quick else 4))
+    emit(res, csv_path=args.csv, table=not args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
