@@ -36,7 +36,7 @@ BEFORE_DEVICE = "c230d72f858b76e20bd7aa5e7d2bee787f79ef85"
 @pytest.mark.parametrize("key, value, says", [
     ("device", "gpu", "'gpu' is not a device: write auto, cpu, cuda or cuda:N"),
     ("device", "cuda:x", "'cuda:x' is not a device"),
-    ("precision", "bf16", "precision: Input should be 'fp32' or 'bf16-mixed'"),
+    ("precision", "bf16", "precision: Input should be 'fp32', 'bf16-mixed' or 'bf16-train'"),
     ("save_dtype", "float16", "save_dtype: Input should be 'float32' or 'bfloat16'"),
 ])
 def test_bad_device_settings_name_the_key_and_the_choices(tmp_path, key, value, says):
@@ -132,6 +132,24 @@ def test_bf16_mixed_scores_within_1_percent_of_fp32(tmp_path, device):
     mixed = evaluate(model, sets, batch_size=8, place=Placement(torch.device(device), "bf16-mixed"))["text"]
     assert mixed["tokens"] == fp32["tokens"] == 1024
     assert mixed["nll"] == pytest.approx(fp32["nll"], rel=0.01) and mixed["nll"] != fp32["nll"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_train_trains_in_bf16_and_scores_in_fp32(tmp_path, device):
+    """bf16-train: the training steps under bf16 autocast through the chunked loss (close to fp32's
+    training, not equal), every scoring pass exactly fp32's."""
+    from pipeline.lib.scoring import EvalSet, evaluate
+
+    _, fp32 = train(tmp_path, Placement(torch.device(device), "fp32"), "fp32")
+    model, bf16 = train(tmp_path, Placement(torch.device(device), "bf16-train"), "bf16-train")
+    _, mixed = train(tmp_path, Placement(torch.device(device), "bf16-mixed"), "bf16-mixed")
+    assert all(p.dtype == torch.float32 and p.device.type == device for p in model.parameters())
+    assert bf16["final_loss"] != fp32["final_loss"] and bf16["final_loss"] == mixed["final_loss"]  # the same training steps
+    assert abs(bf16["final_loss"] - fp32["final_loss"]) <= 0.02 * fp32["final_loss"], (bf16["final_loss"], fp32["final_loss"])
+    sets = [EvalSet("text", token_slice(tmp_path / "tokens").file, seq_len=32, limit=1024)]
+    as_fp32 = evaluate(model, sets, batch_size=8, place=Placement(torch.device(device)))["text"]
+    assert evaluate(model, sets, batch_size=8, place=Placement(torch.device(device), "bf16-train"))["text"] == as_fp32
+    assert Placement(torch.device("cpu"), "bf16-train").record(saved=True) == {"device": "cpu", "precision": "bf16-train"}
 
 
 def test_checkpoints_saved_in_bfloat16_are_bfloat16_and_merge(tmp_path):

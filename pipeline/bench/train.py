@@ -13,15 +13,15 @@ of that shape (each variant its own copy and optimizer, the same batch):
   and loss, backward, clip and optimizer; and the output embedding with its cross-entropy alone;
 - ``chunked``: the same step with the loss taken through the output embedding a chunk of 512
   tokens at a time, its gradients computed in the same pass (no ``[tokens, vocabulary]`` logits
-  are kept): :class:`ChunkedLinearXent`, the same math in another order;
+  are kept): :func:`pipeline.lib.training.chunked_lm_loss`, the same math in another order;
 - ``bf16``: the recipe's step under CPU bf16 autocast (fp32 weights and optimizer; this machine's
   AVX512-BF16 runs bf16 matrix products at about twice the fp32 rate);
-- ``chunked_bf16``: both.
+- ``chunked_bf16``: both: the step of ``precision: bf16-train`` (and ``bf16-mixed``).
 
 Each candidate's loss and gradients at the same weights are compared with the recipe's (fp32).
-None of them is the
-pipeline's default: a model trained another way differs in its bits, so adopting one means
-rerunning every training stage (``docs/results.md``, "Time of a full run"). Last line printed: one JSON object.
+The default stays fp32: a model trained another way differs in its bits, so changing it means
+rerunning every training stage (``docs/results.md``, "Time of a full run"). Last line printed:
+one JSON object.
 """
 
 from __future__ import annotations
@@ -36,54 +36,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.bench import emit, interleaved_medians, seconds
-from pipeline.lib.training import lm_loss
+from pipeline.lib.training import ChunkedLinearXent, chunked_lm_loss, lm_loss
 
 SHAPES = {  # vocabulary, hidden, intermediate, layers, heads, batch, tokens per window
     "default": (8192, 128, 384, 4, 4, 8, 256),
     "quick": (512, 32, 64, 2, 2, 2, 32),
 }
-
-
-class ChunkedLinearXent(torch.autograd.Function):
-    """Mean next-token cross-entropy of ``hidden @ weight.T`` over ``chunk`` rows at a time.
-
-    The forward computes each chunk's logits, their log-sum-exp and, at once, the chunk's gradient
-    ``(softmax - onehot) / N`` times the weight and the hidden states, so no ``[N, V]`` tensor
-    outlives a chunk; the backward only scales the gradients it saved. Under autocast the matrix
-    products run in its dtype, the log-sum-exp and the sums in fp32.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-        n = hidden.shape[0]
-        grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        total = torch.zeros((), dtype=torch.float64, device=hidden.device)
-        for lo in range(0, n, chunk):
-            h, y = hidden[lo : lo + chunk], targets[lo : lo + chunk]
-            z = (h @ weight.T).float()
-            lse = torch.logsumexp(z, dim=1)
-            total += (lse - z.gather(1, y[:, None])[:, 0]).sum(dtype=torch.float64)
-            p = torch.exp_(z.sub_(lse[:, None]))
-            p[torch.arange(len(y), device=y.device), y] -= 1.0
-            p.mul_(1.0 / n)
-            grad_h[lo : lo + chunk] = (p @ weight).float()
-            grad_w += (p.T @ h).float()
-        ctx.save_for_backward(grad_h, grad_w)
-        ctx.dtypes = (hidden.dtype, weight.dtype)
-        return (total / n).float()
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        grad_h, grad_w = ctx.saved_tensors
-        return (grad_h * grad_out).to(ctx.dtypes[0]), (grad_w * grad_out).to(ctx.dtypes[1]), None, None
-
-
-def chunked_loss(model, x: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """:func:`pipeline.lib.training.lm_loss` through :class:`ChunkedLinearXent` (a Llama-style model:
-    ``model.model`` gives the final hidden states, ``model.lm_head`` the output embedding)."""
-    hidden = model.model(input_ids=x[:, :-1]).last_hidden_state
-    return ChunkedLinearXent.apply(hidden.reshape(-1, hidden.shape[-1]), model.lm_head.weight, x[:, 1:].reshape(-1), chunk)
 
 
 def random_model(shape: str):
@@ -99,9 +57,9 @@ def random_model(shape: str):
 
 VARIANTS = {  # name: (loss function, bf16 autocast)
     "recipe": (lm_loss, False),
-    "chunked": (chunked_loss, False),
+    "chunked": (chunked_lm_loss, False),
     "bf16": (lm_loss, True),
-    "chunked_bf16": (chunked_loss, True),
+    "chunked_bf16": (chunked_lm_loss, True),
 }
 
 
