@@ -27,7 +27,6 @@ one JSON object.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import time
 from pathlib import Path
@@ -36,7 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.bench import emit, interleaved_medians, seconds
-from pipeline.lib.training import ChunkedLinearXent, chunked_lm_loss, lm_loss
+from pipeline.lib.device import Placement
+from pipeline.lib.training import ChunkedLinearXent, chunked_lm_loss, lm_loss, optimizer
+from pipeline.params.model import OptimConfig
 
 SHAPES = {  # vocabulary, hidden, intermediate, layers, heads, batch, tokens per window
     "default": (8192, 128, 384, 4, 4, 8, 256),
@@ -64,13 +65,15 @@ VARIANTS = {  # name: (loss function, bf16 autocast)
 
 
 class Trainer:
-    """One variant's model, AdamW (the train recipe's settings) and step."""
+    """One variant's model, the training library's AdamW and autocast for the train recipe's defaults, and its step."""
 
     def __init__(self, model, name: str):
         self.model = copy.deepcopy(model)
         self.loss_fn, bf16 = VARIANTS[name]
-        self.ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+        place = Placement(torch.device("cpu"), "bf16-train" if bf16 else "fp32")
+        self.ctx = place.train_autocast
+        self.recipe = OptimConfig(tokens=1, lr=1e-3)
+        self.opt = optimizer(self.model, self.recipe, place)
 
     def grads(self, x: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
         self.model.zero_grad(set_to_none=True)
@@ -87,7 +90,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         t2 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
         self.opt.step()
         if parts is not None:
             for key, dt in (("forward", t1 - t0), ("backward", t2 - t1), ("optimizer", time.perf_counter() - t2)):
