@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.bench import seconds
+
 
 MULTI_M = (8, 16, 32)  # mixtures per pass measured (resident where they fit, and layer-streamed)
 
@@ -128,5 +130,9 @@ def summarise(res: dict, by_k: dict, *, k: int, m: int, params: int, quick: bool
     return out
 
 
-def round_or_none(x: float | None, nd: int = 3) -> float | None:
-    return None if x is None else round(x, nd)
+def round_or_none(x: float | None, nd: int | None = None) -> float | None:
+    """``x`` to ``nd`` decimals, or (``nd`` None: the times and ratios) to 4 significant digits
+    (:func:`pipeline.bench.seconds`), so that a quick run's milliseconds do not print as 0."""
+    if x is None:
+        return None
+    return seconds(x) if nd is None else round(x, nd)
