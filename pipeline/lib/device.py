@@ -12,7 +12,7 @@ naming the key and the fix when the machine lacks the device), sets torch's thre
   (CPUs without native bfloat16 run it several times slower than fp32).
 - ``bf16-train`` runs only the training steps so (:meth:`Placement.train_autocast`); scoring,
   merging, select's gradients and infer's moments stay fp32, where the effects they measure are
-  small. On a CPU with native bfloat16 (AVX512-BF16) training runs ~1.5x faster than fp32
+  small. On a CPU with native bfloat16 (AVX512-BF16) a training step runs 1.3-1.5x faster than fp32
   (``python -m pipeline.bench train``), and the model differs from the fp32 one by about 1/70 of
   what another data order makes (docs/results.md, "Time of a full run").
 - ``save_dtype`` casts a model for saving only (:meth:`Placement.for_saving`): training never
