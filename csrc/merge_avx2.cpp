@@ -54,16 +54,14 @@ struct V {
     store_u16(p, _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nt);
   }
   // fp64 accumulation for the multi-dot: a register of W floats is two of W/2 doubles.
+  static constexpr int kDotP = 4;  // multi-dot inputs per group: 2 x 4 accumulators + 2 of g in 16 ymm
   using dreg = __m256d;
   static SM_INLINE dreg dzero() { return _mm256_setzero_pd(); }
-  static SM_INLINE void to_f64(reg v, double* out) {  // W floats -> W doubles at out (64-byte aligned)
-    _mm256_store_pd(out, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
-    _mm256_store_pd(out + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
-  }
-  static SM_INLINE void fma_f64(const double* g, reg x, dreg& lo, dreg& hi) {  // exact products, fp64 sums
-    lo = _mm256_fmadd_pd(_mm256_load_pd(g), _mm256_cvtps_pd(_mm256_castps256_ps128(x)), lo);
-    hi = _mm256_fmadd_pd(_mm256_load_pd(g + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), hi);
-  }
+  static SM_INLINE dreg cvt_lo(reg v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }  // exact
+  static SM_INLINE dreg cvt_hi(reg v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+  static SM_INLINE dreg dload(const double* p) { return _mm256_load_pd(p); }  // 32-byte aligned
+  static SM_INLINE void dstore(double* p, dreg v) { _mm256_store_pd(p, v); }
+  static SM_INLINE dreg dfma(dreg a, dreg b, dreg c) { return _mm256_fmadd_pd(a, b, c); }
   static SM_INLINE double dsum(dreg v) {
     const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));

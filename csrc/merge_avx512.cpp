@@ -57,17 +57,15 @@ struct V {
     store_u16(p, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nt);
   }
   // fp64 accumulation for the multi-dot: a register of W floats is two of W/2 doubles.
+  static constexpr int kDotP = 8;  // multi-dot inputs per group: 2 x 8 accumulators + 2 of g in 32 zmm
   using dreg = __m512d;
   static SM_INLINE dreg dzero() { return _mm512_setzero_pd(); }
   static SM_INLINE __m256 upper(reg v) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)); }
-  static SM_INLINE void to_f64(reg v, double* out) {  // W floats -> W doubles at out (64-byte aligned)
-    _mm512_store_pd(out, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-    _mm512_store_pd(out + 8, _mm512_cvtps_pd(upper(v)));
-  }
-  static SM_INLINE void fma_f64(const double* g, reg x, dreg& lo, dreg& hi) {  // exact products, fp64 sums
-    lo = _mm512_fmadd_pd(_mm512_load_pd(g), _mm512_cvtps_pd(_mm512_castps512_ps256(x)), lo);
-    hi = _mm512_fmadd_pd(_mm512_load_pd(g + 8), _mm512_cvtps_pd(upper(x)), hi);
-  }
+  static SM_INLINE dreg cvt_lo(reg v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }  // exact
+  static SM_INLINE dreg cvt_hi(reg v) { return _mm512_cvtps_pd(upper(v)); }
+  static SM_INLINE dreg dload(const double* p) { return _mm512_load_pd(p); }  // 64-byte aligned
+  static SM_INLINE void dstore(double* p, dreg v) { _mm512_store_pd(p, v); }
+  static SM_INLINE dreg dfma(dreg a, dreg b, dreg c) { return _mm512_fmadd_pd(a, b, c); }
   static SM_INLINE double dsum(dreg v) { return _mm512_reduce_add_pd(v); }
 };
 
