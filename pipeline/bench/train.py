@@ -9,8 +9,15 @@ in fp32. On the default shape (hidden 128, 4 layers, vocabulary 8,192, tied embe
 written, read and differentiated through memory. This benchmark times, round-robin on a random model
 of that shape (each variant its own copy and optimizer, the same batch):
 
-- ``recipe``: the step the stages run (``lm_loss``, backward, clip, AdamW), and its parts: forward
-  and loss, backward, clip and optimizer; and the output embedding with its cross-entropy alone;
+- ``recipe``: the step the stages run (``lm_loss``, backward, clip, AdamW, inside
+  :func:`pipeline.lib.heap.kept_heap` as :func:`~pipeline.lib.training.train_model` runs it), and its
+  parts: forward and loss, backward, clip and optimizer; and the output embedding with its
+  cross-entropy alone;
+- ``default_heap``: the same step with glibc's default allocation, which maps every block above
+  32 MiB afresh and unmaps it when freed (the logits, their log-softmax and gradients: each step
+  faults its pages in again). Each repetition enters and leaves ``kept_heap`` (leaving returns the
+  memory), so the recipe's first step of every repetition pays those faults too: ``kept_heap_speedup``
+  understates what a run of thousands of steps gains;
 - ``chunked``: the same step with the loss taken through the output embedding a chunk of 512
   tokens at a time, its gradients computed in the same pass (no ``[tokens, vocabulary]`` logits
   are kept): :func:`pipeline.lib.training.chunked_lm_loss`, the same math in another order;
@@ -27,6 +34,7 @@ one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import time
 from pathlib import Path
@@ -36,6 +44,7 @@ import torch.nn.functional as F
 
 from pipeline.bench import emit, interleaved_medians, seconds
 from pipeline.lib.device import Placement
+from pipeline.lib.heap import kept_heap
 from pipeline.lib.training import ChunkedLinearXent, chunked_lm_loss, lm_loss, optimizer
 from pipeline.params.model import OptimConfig
 
@@ -56,12 +65,14 @@ def random_model(shape: str):
     return LlamaForCausalLM(cfg).float().train()
 
 
-VARIANTS = {  # name: (loss function, bf16 autocast)
-    "recipe": (lm_loss, False),
-    "chunked": (chunked_lm_loss, False),
-    "bf16": (lm_loss, True),
-    "chunked_bf16": (chunked_lm_loss, True),
+VARIANTS = {  # name: (loss function, bf16 autocast, glibc's allocation kept between steps)
+    "recipe": (lm_loss, False, True),
+    "default_heap": (lm_loss, False, False),
+    "chunked": (chunked_lm_loss, False, True),
+    "bf16": (lm_loss, True, True),
+    "chunked_bf16": (chunked_lm_loss, True, True),
 }
+SPEEDUP_KEYS = {"default_heap": "kept_heap_speedup"}  # recipe over it, not it over the recipe
 
 
 class Trainer:
@@ -69,7 +80,7 @@ class Trainer:
 
     def __init__(self, model, name: str):
         self.model = copy.deepcopy(model)
-        self.loss_fn, bf16 = VARIANTS[name]
+        self.loss_fn, bf16, self.kept = VARIANTS[name]
         place = Placement(torch.device("cpu"), "bf16-train" if bf16 else "fp32")
         self.ctx = place.train_autocast
         self.recipe = OptimConfig(tokens=1, lr=1e-3)
@@ -77,9 +88,9 @@ class Trainer:
 
     def grads(self, x: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
         self.model.zero_grad(set_to_none=True)
-        with self.ctx():
+        with kept_heap() if self.kept else contextlib.nullcontext(), self.ctx():
             loss = self.loss_fn(self.model, x)
-        loss.backward()
+            loss.backward()
         return loss.item(), {n: p.grad.detach().clone() for n, p in self.model.named_parameters()}
 
     def step(self, x: torch.Tensor, parts: dict[str, list[float]] | None = None) -> None:
@@ -95,6 +106,13 @@ class Trainer:
         if parts is not None:
             for key, dt in (("forward", t1 - t0), ("backward", t2 - t1), ("optimizer", time.perf_counter() - t2)):
                 parts[key].append(dt)
+
+
+    def steps(self, x: torch.Tensor, n: int, parts: dict[str, list[float]] | None = None) -> None:
+        """``n`` steps; inside :func:`kept_heap` unless the variant keeps glibc's default allocation."""
+        with kept_heap() if self.kept else contextlib.nullcontext():
+            for _ in range(n):
+                self.step(x, parts)
 
 
 def agreement(ref: tuple[float, dict], got: tuple[float, dict]) -> dict:
@@ -143,14 +161,15 @@ def bench(shape: str, reps: int, steps: int) -> dict:
         if name != "recipe":
             out |= {f"{name}_{k}": v for k, v in agreement(ref, tr.grads(x)).items()}
     parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
-    fns = {name: (lambda tr=tr: [tr.step(x) for _ in range(steps)]) for name, tr in trainers.items()}
-    fns["recipe"] = lambda: [trainers["recipe"].step(x, parts) for _ in range(steps)]
-    t = interleaved_medians(fns, reps)
+    t = interleaved_medians({name: (lambda tr=tr: tr.steps(x, steps, parts if tr is trainers["recipe"] else None))
+                             for name, tr in trainers.items()}, reps)
     for name in VARIANTS:
         per_step = t[name] / steps
         out[f"{name}_step_s"] = seconds(per_step)
         out[f"{name}_tokens_per_s"] = round(batch * seq / per_step)
-        if name != "recipe":
+        if name in SPEEDUP_KEYS:
+            out[SPEEDUP_KEYS[name]] = round(t[name] / t["recipe"], 3)
+        elif name != "recipe":
             out[f"{name}_speedup"] = round(t["recipe"] / t[name], 3)
     total = sum(sum(v) for v in parts.values())
     out |= {f"recipe_{k}_share": round(sum(v) / total, 3) for k, v in parts.items()}

@@ -36,6 +36,7 @@ import torch
 from safetensors import safe_open
 from scipy.optimize import nnls
 
+from pipeline.lib.heap import kept_heap
 from pipeline.lib.runtime import StageError, progress
 from pipeline.lib.tokens import Slice, batches, mixture_schedule
 from pipeline.lib.training import lm_loss
@@ -93,6 +94,7 @@ def read_flat(model_dir: Path, coords: Coords) -> np.ndarray:
     return flat if coords.sample is None else flat[coords.sample]
 
 
+@kept_heap()
 def shard_moments(model, slices: Sequence[Slice], n_batches: int, batch_size: int, seq_len: int, coords: Coords,
                   seed: int, device: torch.device = torch.device("cpu")) -> np.ndarray:
     """``[K, coords.size]``: each slice's mean squared minibatch gradient at ``model``'s weights

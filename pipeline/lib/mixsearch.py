@@ -33,6 +33,7 @@ import numpy as np
 from pipeline.lib import simplex, surrogate
 from pipeline.lib.adjoint import merge_grad
 from pipeline.lib.device import CPU, Placement
+from pipeline.lib.heap import kept_heap
 from pipeline.lib.merging import merge_into
 from pipeline.lib.targets import Target, loss, loss_backward
 
@@ -102,6 +103,7 @@ class Search:
             pairs.append((w, self.merged(w)))
         return surrogate.fit(self.names, singles, pairs), np.stack(logp), token_w
 
+    @kept_heap()
     def descend(self, starts: list[np.ndarray], support: list[int] | None = None) -> simplex.Descent:
         """Mirror descent from each start (on the face of ``support`` when given); the best by dev loss."""
         k = len(self.names)

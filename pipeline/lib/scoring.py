@@ -26,6 +26,7 @@ import torch
 
 from pipeline.kernels import linear_cross_entropy
 from pipeline.lib.device import CPU, Placement
+from pipeline.lib.heap import kept_heap
 from pipeline.lib.runtime import progress
 from pipeline.lib.tokens import IGNORE, TokenFile, eval_windows
 
@@ -88,6 +89,7 @@ def nll_batch(model, inputs: torch.Tensor, targets: torch.Tensor, positions: tor
 
 
 @torch.no_grad()
+@kept_heap()
 def evaluate(model, eval_sets: list[EvalSet], batch_size: int, impl: str = "auto", desc: str | None = None,
              per_token: dict[str, np.ndarray] | None = None, place: Placement = CPU) -> dict[str, dict]:
     """Perplexity and bits-per-byte of ``model`` (already on ``place.device``) on each eval set.

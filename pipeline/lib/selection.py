@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.lib.heap import kept_heap
 from pipeline.lib.runtime import StageError, progress
 from pipeline.lib.tokens import Slice, TokenFile, windows_in
 
@@ -146,6 +147,7 @@ def _layer_terms(g: torch.Tensor, x: torch.Tensor, u: torch.Tensor, w: torch.Ten
     return sketch, align
 
 
+@kept_heap()
 def gradient_sketches(model, pool: Pool, subset: str, maps: dict, deltas: dict[str, torch.Tensor], batch_size: int = 16,
                       device: torch.device = torch.device("cpu")) -> Gradients:
     """Each example's weight gradient of its mean next-token loss at ``model`` (on ``device``, fp32):

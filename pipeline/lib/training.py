@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from pipeline.lib.curves import curves
 from pipeline.lib.device import CPU, Placement
+from pipeline.lib.heap import kept_heap
 from pipeline.lib.models import count_params, load_model, load_tokenizer, save_model
 from pipeline.lib.outputs import atomic_dir, made_by
 from pipeline.lib.runtime import StageError, progress, seed_everything
@@ -117,6 +118,7 @@ def optimizer(model, ocfg: OptimConfig, place: Placement) -> torch.optim.AdamW:
                              weight_decay=ocfg.weight_decay, **fused)
 
 
+@kept_heap()  # each step's logits and gradients reuse the last step's memory (pipeline/lib/heap.py)
 def train_model(model, slices: list[Slice], weights: list[float], ocfg: OptimConfig, seed: int, live_dir: Path,
                 desc: str, place: Placement = CPU) -> tuple[dict, dict]:
     """Train ``model`` in place on ``slices`` mixed by ``weights``; log curves into ``live_dir`` (DVCLive's files).

@@ -1,0 +1,115 @@
+"""pipeline.lib.heap.kept_heap: large blocks come from the heap inside it and are mapped afresh outside
+it (glibc's own counters), blocks nest, training gives the same bits either way, and a C library that is
+not glibc leaves everything as it was."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.lib import heap
+
+BIG = 96 << 20  # above glibc's largest mmap threshold (32 MiB): mapped afresh by default
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def mapped_bytes() -> int:
+    """glibc's bytes in blocks served by mmap (``mallinfo2().hblkhd``)."""
+    libc = heap.glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        pytest.skip("needs glibc 2.33 or later (mallinfo2)")
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2().hblkhd
+
+
+def mapped_while_held(nbytes: int = BIG) -> int:
+    """How much glibc's mapped bytes grow while a block of ``nbytes`` is held."""
+    before = mapped_bytes()
+    block = torch.empty(nbytes, dtype=torch.uint8)
+    grown = mapped_bytes() - before
+    del block
+    return grown
+
+
+def test_large_blocks_come_from_the_heap_inside_and_are_mapped_outside():
+    assert mapped_while_held() >= BIG  # glibc's default: a fresh mapping
+    with heap.kept_heap() as active:
+        assert active
+        assert mapped_while_held() == 0
+    assert mapped_while_held() >= BIG  # the defaults are back
+
+
+def test_blocks_nest_and_only_the_outermost_restores():
+    with heap.kept_heap():
+        with heap.kept_heap() as inner:
+            assert inner
+        assert mapped_while_held() == 0  # the inner block's end left the setting alone
+    assert mapped_while_held() >= BIG
+
+
+def test_the_decorated_stages_functions_run_inside_it():
+    from pipeline.lib import mixfit, scoring, selection, training
+    from pipeline.lib.mixsearch import Search
+
+    for fn in (training.train_model, scoring.evaluate, mixfit.shard_moments, selection.gradient_sketches, Search.descend):
+        assert hasattr(fn, "__wrapped__"), fn.__qualname__
+    seen = []
+    wrapped = heap.kept_heap()(lambda: seen.append(mapped_while_held()))
+    wrapped()
+    assert seen == [0]
+
+
+def test_training_gives_the_same_bits_with_and_without_it(tmp_path):
+    """The tiny recipe trained by ``train_model`` (inside ``kept_heap``) and by its undecorated body
+    (glibc's defaults), from the same weights and data: identical tensors, identical loss curve."""
+    from pipeline.lib.training import train_model
+    from pipeline.params.model import OptimConfig
+    from tests.test_device import token_slice
+    from tests.test_pool import tiny_llama
+
+    sl = token_slice(tmp_path / "tokens")
+    recipe = OptimConfig(tokens=4096, lr=3e-3, batch_size=4, seq_len=32, log_every=4)
+    start = tiny_llama(hidden=32)
+    runs = {}
+    for tag, fn in (("kept", train_model), ("default", train_model.__wrapped__)):
+        model = tiny_llama(hidden=32)
+        model.load_state_dict(start.state_dict())
+        summary, _ = fn(model, [sl], [1.0], recipe, seed=0, live_dir=tmp_path / f"live-{tag}", desc=tag)
+        runs[tag] = (summary, {k: v.clone() for k, v in model.state_dict().items()})
+    assert runs["kept"][0] == runs["default"][0]
+    assert runs["kept"][0]["final_loss"] < np.log(97)  # it trained: the comparison is not between two untouched models
+    for name, t in runs["default"][1].items():
+        assert torch.equal(runs["kept"][1][name], t), name
+
+
+def test_without_glibc_it_changes_nothing(monkeypatch):
+    monkeypatch.setattr(heap, "glibc", lambda: None)
+    with heap.kept_heap() as active:
+        assert active is False
+        x = torch.ones(1000)
+    assert float(x.sum()) == 1000.0
+
+
+def test_steps_of_the_default_models_shape_give_the_same_bits_with_and_without_it():
+    """Two recipe steps on the default model's shape, whose [2048, 8192] logits (64 MiB) and their
+    gradients are the blocks the setting moves into the heap: identical weights after them."""
+    from pipeline.bench.train import SHAPES, Trainer, random_model
+
+    vocab, *_, batch, seq = SHAPES["default"]
+    model = random_model("default")
+    x = torch.randint(0, vocab, (batch, seq + 1), generator=torch.Generator().manual_seed(2))
+    after = {}
+    for name in ("default_heap", "recipe"):
+        tr = Trainer(model, name)
+        tr.steps(x, 2)
+        after[name] = tr.model.state_dict()
+    assert any(not torch.equal(after["recipe"][k], v) for k, v in model.state_dict().items())  # the steps moved it
+    for k, v in after["default_heap"].items():
+        assert torch.equal(after["recipe"][k], v), k
