@@ -54,12 +54,23 @@ def test_blocks_nest_and_only_the_outermost_restores():
     assert mapped_while_held() >= BIG
 
 
+def runs_inside_kept_heap(fn) -> bool:
+    """Whether ``fn``, or a function it wraps (``torch.no_grad`` and others), was decorated with ``kept_heap()``:
+    its wrapper's closure holds the context manager made from ``kept_heap``'s generator."""
+    while fn is not None:
+        if any(getattr(c.cell_contents, "func", None) is heap.kept_heap.__wrapped__ for c in fn.__closure__ or ()):
+            return True
+        fn = getattr(fn, "__wrapped__", None)
+    return False
+
+
 def test_the_decorated_stages_functions_run_inside_it():
     from pipeline.lib import mixfit, scoring, selection, training
     from pipeline.lib.mixsearch import Search
 
     for fn in (training.train_model, scoring.evaluate, mixfit.shard_moments, selection.gradient_sketches, Search.descend):
-        assert hasattr(fn, "__wrapped__"), fn.__qualname__
+        assert runs_inside_kept_heap(fn), fn.__qualname__
+    assert not runs_inside_kept_heap(scoring.nll_batch)  # the check tells a function decorated otherwise apart
     seen = []
     wrapped = heap.kept_heap()(lambda: seen.append(mapped_while_held()))
     wrapped()

@@ -88,7 +88,7 @@ class Trainer:
 
     def grads(self, x: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
         self.model.zero_grad(set_to_none=True)
-        with kept_heap() if self.kept else contextlib.nullcontext(), self.ctx():
+        with self.heap(), self.ctx():
             loss = self.loss_fn(self.model, x)
             loss.backward()
         return loss.item(), {n: p.grad.detach().clone() for n, p in self.model.named_parameters()}
@@ -108,9 +108,13 @@ class Trainer:
                 parts[key].append(dt)
 
 
+    def heap(self):
+        """:func:`kept_heap`, or nothing for the variant that keeps glibc's default allocation."""
+        return kept_heap() if self.kept else contextlib.nullcontext()
+
     def steps(self, x: torch.Tensor, n: int, parts: dict[str, list[float]] | None = None) -> None:
         """``n`` steps; inside :func:`kept_heap` unless the variant keeps glibc's default allocation."""
-        with kept_heap() if self.kept else contextlib.nullcontext():
+        with self.heap():
             for _ in range(n):
                 self.step(x, parts)
 

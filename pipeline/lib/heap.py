@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 from collections.abc import Iterator
 
@@ -35,6 +36,7 @@ _depth = 0  # blocks entered and not left
 _active = False  # whether the outermost block's settings took effect
 
 
+@functools.cache  # looked up once: every evaluate() call enters kept_heap
 def glibc() -> ctypes.CDLL | None:
     """This process's C library when it is glibc (it has ``mallopt``, ``malloc_trim`` and
     ``gnu_get_libc_version``), else None."""
