@@ -3,9 +3,10 @@
 glibc serves a block above its mmap threshold (128 KiB at first, rising to at most 32 MiB) with a
 fresh ``mmap`` and unmaps it on ``free``. A CPU training step of the default model allocates its
 ``[tokens, vocabulary]`` logits (64 MiB), their log-softmax and their gradient anew every step, so
-every step the kernel faults those pages in and zeroes them again: a sixth to a quarter of the
-step on this project's 2-core machine (a step 1.21-1.34x faster inside this block, a truth's
-training 1.19-1.28x; docs/results.md, "The allocator"). Inside
+every step the kernel faults those pages in and zeroes them again. On this project's 2-core
+machine a step runs 1.09-1.14x faster inside this block (``python -m pipeline.bench train``,
+``kept_heap_speedup``, in one process beside the other variants), a truth's whole training stage
+1.19-1.28x (docs/results.md, "The allocator"). Inside
 :func:`kept_heap` every block comes from the heap (``M_MMAP_MAX`` 0) and freed memory stays there
 (``M_TRIM_THRESHOLD`` 1 GiB), so from the second step on the same pages are reused. The arithmetic
 is the same, so are the results, to the bit (``tests/test_heap.py``).
