@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from pipeline.params.device import ModelStageParams
 from pipeline.params.infer import InferConfig
@@ -133,9 +134,9 @@ def main(args, cfg: Params) -> None:
     power, errors = ic.adam_power, None
     if power == "calibrate":
         cases = [(updates[m], true_weights(folders[m], names)[0]) for m in ic.calibration]
-        power, errors = calibrate_power(d, v, cases)
+        power, errors = calibrate_power(d, v, cases, workers=torch.get_num_threads())
         log.info("adam_power %.2f from %s (mean L1 by power: %s)", power, ic.calibration, {p: round(e, 3) for p, e in errors.items()})
-    fits = fit_power(d, v, updates, POWERS if power == "fit" else [power])
+    fits = fit_power(d, v, updates, POWERS if power == "fit" else [power], workers=torch.get_num_threads())  # the stage's threads
     rows = {}
     for m in wanted:
         f = updates.pop(m)

@@ -159,3 +159,15 @@ def test_modules_and_functions_are_short(path):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             n = node.end_lineno - node.lineno + 1
             assert n <= MAX_FUNCTION_LINES, f"{path.name}:{node.lineno} {node.name} is {n} lines (at most {MAX_FUNCTION_LINES})"
+
+
+def test_dvc_lock_records_only_the_stages_dvc_yaml_defines():
+    """An entry of a stage that is gone (a validation mixture renamed or dropped from params) stays in
+    dvc.lock for good: DVC never prunes it, and rewrites it with the rest after every stage it runs."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        defined = {s.addressing for s in repo.index.stages}
+    recorded = set(yaml.safe_load((REPO / "dvc.lock").read_text())["stages"])
+    assert recorded <= defined, (f"dvc.lock: entries of stages dvc.yaml no longer defines: {sorted(recorded - defined)}; "
+                                 "delete each one's block under 'stages:' in dvc.lock")

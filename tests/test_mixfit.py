@@ -181,6 +181,27 @@ def test_fit_power_finds_each_models_own_power_and_weights():
         assert all(fit.unexplained <= adam_fit(AdamModel(d, v, q), d, updates[m]).unexplained + 1e-12 for q in POWERS)
 
 
+def test_fits_are_the_same_to_the_bit_side_by_side_and_on_any_number_of_blas_threads():
+    """fit_power with 3 updates at a time equals one at a time, bit for bit, whatever BLAS's thread count
+    outside (its long dot products split their sums among threads: the fits pin it to one), and BLAS's
+    setting is given back."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    d, v = synthetic(k=5, p=100_000, seed=3)
+    rng = np.random.default_rng(11)
+    updates = {m: AdamModel(d, v, 0.3).predict(rng.dirichlet(np.ones(5)) * 2) + rng.normal(size=100_000) * 0.05 for m in "abc"}
+    powers = (0.0, 0.25, 0.5)
+    before = [i["num_threads"] for i in threadpool_info()]
+    with threadpool_limits(limits=2, user_api="blas"):
+        one = fit_power(d, v, updates, powers, workers=1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        three = fit_power(d, v, updates, powers, workers=3)
+    assert [i["num_threads"] for i in threadpool_info()] == before
+    for m in updates:
+        assert one[m][0] == three[m][0]
+        assert np.array_equal(one[m][1].coef, three[m][1].coef) and one[m][1].unexplained == three[m][1].unexplained
+
+
 def test_fit_benchmark_compares_the_blocked_step_with_the_reference(capsys):
     """``python -m pipeline.bench mixfit``: JSON on the last line, the two paths timed and agreeing."""
     import json
@@ -190,3 +211,5 @@ def test_fit_benchmark_compares_the_blocked_step_with_the_reference(capsys):
     assert main(["--json", "-P", "5000", "--reps", "1"]) == 0
     res = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert res["P"] == 5000 and res["reference_s"] > 0 and res["blocked_s"] > 0 and res["jtj_max_rel_diff"] < 1e-12
+    assert res["fits"] == 12 and res["fits_reference_s"] > 0 and res["fits_s"] > 0
+    assert res["fits_same_powers"] is True and res["fits_max_weight_diff"] < 1e-9

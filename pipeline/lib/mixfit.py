@@ -26,8 +26,10 @@ SGD's data-order noise) from one that was not (another seed, random weights, oth
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from scipy.optimize import nnls
+from threadpoolctl import threadpool_limits
 
 from pipeline.lib.heap import kept_heap
 from pipeline.lib.runtime import StageError, progress
@@ -258,38 +261,56 @@ def adam_fit(model: AdamModel, d: np.ndarray, f: np.ndarray, iters: int = 100, t
 POWERS = tuple(round(0.05 * i, 2) for i in range(11))  # 0 (the plain model) to 0.5 (Adam's square root)
 
 
-def _fits(d: np.ndarray, v: np.ndarray, updates: dict, powers: Sequence[float]):
-    """``(power, key, fit)`` for every power and update: one :class:`AdamModel` in memory at a time, each
-    update's plain estimate (the fits' start) computed once for all powers."""
-    starts = {m: nnls_weights(d, f)[0] for m, f in updates.items()}
-    with progress(total=len(powers) * len(updates), desc="fits", unit="fit") as bar:
+def _one_blas_thread():
+    """BLAS at one thread during the fits. OpenBLAS splits the sum of a long dot product among its threads
+    (``f @ f`` and ``d @ f`` over every coordinate), so with its default, a thread per core, the fits'
+    last bits depended on the machine's core count; at one thread they do not, nor on how many fits run
+    side by side (tests/test_mixfit.py). It costs nothing: a second BLAS thread gained nothing on the
+    fits' [K, 16k] blocks, and fits side by side with it ran slower than one after the other."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _fits(d: np.ndarray, v: np.ndarray, updates: dict, powers: Sequence[float], workers: int = 1):
+    """``(power, key, fit)`` for every power and update, in that order: one :class:`AdamModel` in memory at
+    a time, each update's plain estimate (the fits' start) computed once for all powers, up to ``workers``
+    updates fitted at once, in a kept heap (:mod:`pipeline.lib.heap`: each step's [K, 16k] temporaries
+    were mapped and faulted in afresh, in both threads). Against one fit after the other with the
+    defaults: ``fits_speedup`` of ``python -m pipeline.bench mixfit``; the same fits (tests/test_mixfit.py)."""
+    workers = max(1, min(workers, len(updates)))
+    with (progress(total=len(powers) * len(updates), desc="fits", unit="fit") as bar, _one_blas_thread(), kept_heap(),
+          ThreadPoolExecutor(workers) as pool):
+        starts = {m: nnls_weights(d, f)[0] for m, f in updates.items()}
         for p in powers:
-            model = AdamModel(d, v, p)
-            for m, f in updates.items():
-                yield p, m, adam_fit(model, d, f, start=starts[m])
+            fit = functools.partial(_fit_one, AdamModel(d, v, p), d, updates, starts)
+            for m, result in zip(updates, pool.map(fit, updates)):
+                yield p, m, result
                 bar.update()
 
 
+def _fit_one(model: AdamModel, d: np.ndarray, updates: dict, starts: dict, m) -> Fit:
+    return adam_fit(model, d, updates[m], start=starts[m])
+
+
 def calibrate_power(d: np.ndarray, v: np.ndarray, cases: Sequence[tuple[np.ndarray, np.ndarray]],
-                    powers: Sequence[float] = POWERS) -> tuple[float, dict[float, float]]:
+                    powers: Sequence[float] = POWERS, workers: int = 1) -> tuple[float, dict[float, float]]:
     """The ``power`` whose fit has the smallest mean L1 error on ``cases`` (update, true weights):
     models of known data kept apart from those the estimate is judged on. Returns it and the error by power."""
     l1: dict[float, list[float]] = {p: [] for p in powers}
-    for p, i, fit in _fits(d, v, {i: f for i, (f, _) in enumerate(cases)}, powers):
+    for p, i, fit in _fits(d, v, {i: f for i, (f, _) in enumerate(cases)}, powers, workers):
         l1[p].append(float(np.abs(fit.weights - cases[i][1]).sum()))
     errors = {p: float(np.mean(e)) for p, e in l1.items()}
     return min(errors, key=lambda p: (errors[p], -p)), errors
 
 
 def fit_power(d: np.ndarray, v: np.ndarray, updates: dict[str, np.ndarray],
-              powers: Sequence[float] = POWERS) -> dict[str, tuple[float, Fit]]:
+              powers: Sequence[float] = POWERS, workers: int = 1) -> dict[str, tuple[float, Fit]]:
     """Per update: the ``power`` whose Adam fit leaves the least unexplained share, and that fit. The power
     is then a parameter of the update model fitted with the weights by least squares, model by model,
     from the weights alone (no model of known data needed). On the default run the updates chose 0.1-0.2
     for the unequal mixtures (a 10% shard's coordinates moved about linearly) and 0.15-0.5 for the
     by-token truths, which one calibrated power could not serve both."""
     best: dict[str, tuple[float, Fit]] = {}
-    for p, m, fit in _fits(d, v, updates, powers):
+    for p, m, fit in _fits(d, v, updates, powers, workers):
         if m not in best or fit.unexplained < best[m][1].unexplained:
             best[m] = (p, fit)
     return best
