@@ -219,9 +219,19 @@ def _fit(coef: np.ndarray, unexplained: float) -> Fit:
     return Fit(coef, weights, unexplained)
 
 
+def _one_blas_thread():
+    """BLAS at one thread during the fits. OpenBLAS splits the sum of a long dot product among its threads
+    (``f @ f`` and ``d @ f`` over every coordinate), so with its default, a thread per core, the fits'
+    last bits depended on the machine's core count; at one thread they do not (nor, for the Adam fits,
+    on how many run side by side: tests/test_mixfit.py). It costs nothing: a second BLAS thread gained
+    nothing on the fits' [K, 16k] blocks, and fits side by side with it ran slower than one by one."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def plain_fit(d: np.ndarray, f: np.ndarray) -> Fit:
     """The baseline: non-negative least squares of the update on the shard updates, normalised."""
-    return _fit(*nnls_weights(d, f))
+    with _one_blas_thread():
+        return _fit(*nnls_weights(d, f))
 
 
 def adam_fit(model: AdamModel, d: np.ndarray, f: np.ndarray, iters: int = 100, tol: float = 1e-10,
@@ -259,15 +269,6 @@ def adam_fit(model: AdamModel, d: np.ndarray, f: np.ndarray, iters: int = 100, t
 
 
 POWERS = tuple(round(0.05 * i, 2) for i in range(11))  # 0 (the plain model) to 0.5 (Adam's square root)
-
-
-def _one_blas_thread():
-    """BLAS at one thread during the fits. OpenBLAS splits the sum of a long dot product among its threads
-    (``f @ f`` and ``d @ f`` over every coordinate), so with its default, a thread per core, the fits'
-    last bits depended on the machine's core count; at one thread they do not, nor on how many fits run
-    side by side (tests/test_mixfit.py). It costs nothing: a second BLAS thread gained nothing on the
-    fits' [K, 16k] blocks, and fits side by side with it ran slower than one after the other."""
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _fits(d: np.ndarray, v: np.ndarray, updates: dict, powers: Sequence[float], workers: int = 1):
