@@ -63,12 +63,13 @@ def fits(k: int, p: int, reps: int, workers: int) -> dict:
     powers = (0.1, 0.3, 0.5)
     out: dict[str, dict] = {}
 
-    def run_with(name: str, fn):
-        out[name] = fn()
+    def reference():
+        out["reference"] = fits_one_by_one(d, v, updates, powers)
 
-    t = interleaved_medians({"reference": lambda: run_with("reference", lambda: fits_one_by_one(d, v, updates, powers)),
-                             "fit_power": lambda: run_with("fit_power", lambda: fit_power(d, v, updates, powers, workers=workers))},
-                            reps, warmup=0)
+    def side_by_side():
+        out["fit_power"] = fit_power(d, v, updates, powers, workers=workers)
+
+    t = interleaved_medians({"reference": reference, "fit_power": side_by_side}, reps, warmup=0)
     ref, ours = out["reference"], out["fit_power"]
     return {"fit_workers": workers, "fits": len(updates) * len(powers), "fits_reference_s": seconds(t["reference"]),
             "fits_s": seconds(t["fit_power"]), "fits_speedup": round(t["reference"] / t["fit_power"], 3),
