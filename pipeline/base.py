@@ -19,7 +19,7 @@ from pipeline.params.model import BaseConfig, ModelConfig
 from pipeline.lib.models import build_model, count_params, load_model, load_tokenizer, save_model
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, write_json
 from pipeline.lib.device import placement
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.tokens import Slice, TokenFile
 from pipeline.lib.training import train_model
 
@@ -82,4 +82,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.lib.device import resolve_device
 from pipeline.lib.outputs import made_by, write_json
-from pipeline.lib.runtime import run_stage, stage_parser
+from pipeline.lib.runtime import exit_stage, run_stage, stage_parser
 from pipeline.params.config import Config
 
 
@@ -32,4 +32,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

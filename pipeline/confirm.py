@@ -31,7 +31,7 @@ from pipeline.lib import advice
 from pipeline.lib.device import placement
 from pipeline.lib.models import load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, write_json, write_text_atomic
-from pipeline.lib.runtime import run_stage, stage_parser
+from pipeline.lib.runtime import exit_stage, run_stage, stage_parser
 from pipeline.lib.targets import load_target, loss
 from pipeline.lib.tokens import shard_slice
 from pipeline.lib.training import train_model
@@ -124,4 +124,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

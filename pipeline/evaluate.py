@@ -20,7 +20,7 @@ from pipeline.params.shards import Shards
 from pipeline.lib.models import load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, save_npz, write_json
 from pipeline.lib.device import placement
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.scoring import available_eval_domains, evaluate, load_eval_sets
 
 log = logging.getLogger(__name__)
@@ -82,4 +82,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

@@ -27,7 +27,7 @@ from pipeline.params.recommend import RecommendConfig, TargetSpec
 from pipeline.lib.encode import encode_documents
 from pipeline.lib.models import load_tokenizer
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, read_json, write_json
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.tokens import write_token_file
 
 log = logging.getLogger(__name__)
@@ -190,4 +190,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

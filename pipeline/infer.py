@@ -35,7 +35,7 @@ from pipeline.lib.device import placement
 from pipeline.lib.mixfit import POWERS, Fit, calibrate_power, coords_of, fit_power, model_update, plain_fit, read_flat, shard_moments
 from pipeline.lib.models import find_model, load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, write_json
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.tokens import shard_slice
 
 log = logging.getLogger(__name__)
@@ -180,4 +180,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

@@ -20,7 +20,7 @@ from typing import Any
 from pipeline.lib.mixtures import mixture_weights, resolve_validation
 from pipeline.lib.outputs import atomic_dir, made_by, write_json
 from pipeline.lib.plans import PLAN_VERSION
-from pipeline.lib.runtime import run_stage, stage_parser
+from pipeline.lib.runtime import exit_stage, run_stage, stage_parser
 from pipeline.lib.tokens import shard_token_counts
 from pipeline.params.core import ConfigError, StageParams
 from pipeline.params.infer import InferConfig
@@ -92,4 +92,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline.params.core import StageParams
 from pipeline.params.data import PrepareConfig
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, write_json
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 
 log = logging.getLogger(__name__)
 
@@ -194,4 +194,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

@@ -43,7 +43,7 @@ from pipeline.params.shards import Shards
 from pipeline.lib.mixtures import Mixture, resolve_mixtures, resolve_validation
 from pipeline.lib.outputs import RunRecord, json_text, made_by, write_texts_atomic
 from pipeline.lib.device import placement
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.scoring import available_eval_domains, load_eval_sets
 from pipeline.lib.sweep import score_all
 from pipeline.lib.tokens import shard_token_counts
@@ -171,4 +171,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

@@ -33,7 +33,7 @@ from pipeline.params.shards import Shards
 from pipeline.lib import surrogate
 from pipeline.lib.mixtures import mixture_weights
 from pipeline.lib.outputs import atomic_dir, made_by, read_json, write_json
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.stats import spearman
 from pipeline.lib.tokens import shard_token_counts_in
 
@@ -243,4 +243,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

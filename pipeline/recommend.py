@@ -31,7 +31,7 @@ from pipeline.lib.mixsearch import Search, SearchConfig
 from pipeline.lib.models import load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, write_json
 from pipeline.lib.pool import ShardPool
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.surrogate import mixture_vectors
 from pipeline.lib.targets import load_target
 from pipeline.lib.tokens import shard_token_counts
@@ -96,4 +96,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

@@ -25,7 +25,7 @@ from pipeline.params.config import Config
 from pipeline.lib.models import load_model
 from pipeline.lib.outputs import made_by, save_npz, write_json
 from pipeline.lib.device import placement
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.scoring import available_eval_domains, evaluate, load_eval_sets
 from pipeline.lib.plans import read_plan
 from pipeline.lib.training import continue_pretraining
@@ -79,4 +79,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

@@ -45,7 +45,7 @@ from pipeline.params.report import ReportConfig
 from pipeline.params.shards import Shards
 from pipeline.lib import surrogate
 from pipeline.lib.outputs import read_json, write_json, write_text_atomic
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.stats import METRICS, PAIR_KINDS, REPLICATE, analyse, proxies_in
 
 log = logging.getLogger(__name__)
@@ -322,4 +322,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

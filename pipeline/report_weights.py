@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline.params.core import StageParams
 from pipeline.lib.outputs import atomic_dir, read_json
-from pipeline.lib.runtime import run_stage, stage_parser
+from pipeline.lib.runtime import exit_stage, run_stage, stage_parser
 
 log = logging.getLogger(__name__)
 
@@ -133,4 +133,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

@@ -37,7 +37,7 @@ from pipeline.params.shards import Shards
 from pipeline.lib.device import Placement, placement
 from pipeline.lib.models import find_model, load_model
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, read_json, write_json
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.scoring import evaluate, load_eval_sets
 from pipeline.lib.selection import (Gradients, Pool, domain_files, gradient_sketches, gram_matrix, greedy_select, layer_deltas,
                                     linear_modules, lowest_loss, make_pool, random_pick, sketch_maps, topk_cosine)
@@ -182,4 +182,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

@@ -30,7 +30,7 @@ from pipeline.params.model import BaseConfig
 from pipeline.lib.encode import bytes_per_token
 from pipeline.lib.models import load_tokenizer
 from pipeline.lib.outputs import RunRecord, atomic_dirs, made_by, read_json, write_json
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.tokens import write_token_file
 
 log = logging.getLogger(__name__)
@@ -187,4 +187,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

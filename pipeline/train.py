@@ -22,7 +22,7 @@ from pipeline.params.model import OptimConfig
 from pipeline.params.shards import Shards
 from pipeline.lib.outputs import RunRecord
 from pipeline.lib.device import placement
-from pipeline.lib.runtime import StageError, run_stage, stage_parser
+from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.lib.plans import read_plan
 from pipeline.lib.training import continue_pretraining
 
@@ -64,4 +64,4 @@ def cli(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    exit_stage(cli())

@@ -22,7 +22,7 @@ import yaml
 
 from pipeline.lib import engines
 from pipeline.lib.runtime import StageError, deferred_interrupts, interpreter_first_path, raise_interrupt, resolved_threads, usable_cpus
-from tests.conftest import TINY_PARAMS, dvc, edited_params, make_project, project_env
+from tests.conftest import REPO, TINY_PARAMS, dvc, edited_params, make_project, project_env
 
 TARGETS = ["evaluate"]
 ITEMS = {"train@code", "train@prose", "train@legal", "evaluate@code", "evaluate@prose", "evaluate@legal"}
@@ -283,6 +283,22 @@ def test_threads_share_and_params_threads(project: Path, tiny_params):
     with pytest.raises(StageError, match="set device: cuda"):
         resources(parser().parse_args(["--engine", "ray", "--address", "h:1", "--gpus-per-job", "1"]), 0, "cuda:1")
     assert resources(parser().parse_args(["--engine", "ray", "--address", "h:1"]), 0, "cuda").gpus == 1  # a GPU per job on a cluster
+
+
+def test_exit_stage_ends_with_the_code_after_every_atexit_handler_and_frozen_objects():
+    """What a stage's process does last: ``atexit`` handlers (logging, temporary folders) still run,
+    the exit status is the stage's, and the objects are frozen so that teardown skips their traversal."""
+    code = ("import atexit, gc, tempfile, pathlib\n"
+            "from pipeline.lib.runtime import exit_stage\n"
+            "d = tempfile.TemporaryDirectory()\n"
+            "pathlib.Path(d.name, 'f').write_text('x')\n"
+            "atexit.register(lambda: print('atexit ran, frozen', gc.get_freeze_count() > 0, flush=True))\n"
+            "print(d.name, flush=True)\n"
+            "exit_stage(3)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    folder, last = proc.stdout.splitlines()
+    assert last == "atexit ran, frozen True" and not Path(folder).exists(), proc.stdout
 
 
 def test_resolved_threads_takes_the_launchers_share_only_for_threads_0(monkeypatch):

@@ -108,6 +108,14 @@ def test_no_module_imports_a_stage():
         assert not bad, f"{p.relative_to(REPO)} imports the stage module(s) {sorted(bad)}: move what it needs into pipeline/lib"
 
 
+def test_every_stage_process_ends_through_exit_stage():
+    """A stage's ``__main__`` skips the second of teardown (``pipeline.lib.runtime.exit_stage``)."""
+    for mod in sorted(stage_modules()):
+        path = REPO / (mod.replace(".", "/") + ".py")
+        tail = path.read_text().rstrip().splitlines()[-2:]
+        assert tail == ['if __name__ == "__main__":', "    exit_stage(cli())"], f"{path.relative_to(REPO)} ends {tail}"
+
+
 def test_params_schema_imports_nothing_of_the_pipeline():
     for path in sorted((PKG / "params").glob("*.py")):
         deps, _ = imports_of(path)
