@@ -109,7 +109,7 @@ def test_no_module_imports_a_stage():
 
 
 def test_every_stage_process_ends_through_exit_stage():
-    """A stage's ``__main__`` skips the second of teardown (``pipeline.lib.runtime.exit_stage``)."""
+    """A stage's ``__main__`` ends through ``pipeline.lib.runtime.exit_stage``, which spares teardown its garbage collections."""
     for mod in sorted(stage_modules()):
         path = REPO / (mod.replace(".", "/") + ".py")
         tail = path.read_text().rstrip().splitlines()[-2:]

@@ -77,9 +77,9 @@ def exit_stage(code: int) -> NoReturn:
     """End a stage's process with exit status ``code`` (its ``__main__``: ``exit_stage(cli())``).
 
     Python's teardown of a process that imported torch and transformers runs full cyclic garbage
-    collections over the million objects the imports made: about 1 s on 2 cores, for every one of
-    a run's ~85 stage processes, longer than many stages work. By now every output is written, so
-    they are frozen first (``gc.freeze``): teardown still runs every ``atexit`` handler (and
+    collections over the ~400 thousand objects the imports made: about 1 s on 2 cores in each of a
+    run's ~85 stage processes, as long as some stages take to work. By now every output is written,
+    so they are frozen first (``gc.freeze``): teardown still runs every ``atexit`` handler (and
     ``weakref.finalize``, temporary folders) and frees by reference count; it only no longer
     traverses them. Only for a process about to end: in a long-lived one frozen objects are never
     collected, which is why :func:`run_stage` does not do it.
