@@ -4,7 +4,7 @@ A stage's ``cli()`` builds its parser with :func:`stage_parser` and hands its ``
 and its params view (a :class:`~pipeline.params.core.StageParams` of the sections it reads) to
 :func:`run_stage`, which validates those sections before any work starts and turns the errors a
 user can act on (:class:`~pipeline.params.core.ConfigError`, :class:`StageError`) into one message
-and exit status 2.
+and exit status 2. A stage module's ``__main__`` ends through :func:`exit_stage`.
 """
 
 from __future__ import annotations
