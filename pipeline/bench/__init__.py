@@ -49,16 +49,18 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup:
 
 def append_row(path: Path, row: dict) -> Path:
     """Append ``row`` (with the date first) to the CSV at ``path``, one run per row. When the columns
-    changed, the file is rewritten (atomically) with the union of the columns, so earlier runs stay
-    beside the new one. Dict values are stored as JSON."""
+    changed, the file is rewritten (atomically) with the union of the columns, the file's own first
+    and in their order (a row without some keys, a run without mergekit say, moves no column), so
+    earlier runs stay beside the new one. Dict values are stored as JSON."""
     from pipeline.lib.outputs import write_text_atomic
 
     flat = {"date": time.strftime("%Y-%m-%d %H:%M"), **{k: json.dumps(v) if isinstance(v, dict) else v for k, v in row.items()}}
-    rows = []
+    rows, header = [], []
     if path.exists():
         with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    fields = list(dict.fromkeys([*flat, *(k for r in rows for k in r)]))
+            reader = csv.DictReader(f)
+            rows, header = list(reader), list(reader.fieldnames or [])
+    fields = list(dict.fromkeys([*header, *flat]))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, restval="")
     w.writeheader()
