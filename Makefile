@@ -22,3 +22,4 @@ bench: setup        ## the benchmarks, JSON on the last line of each
 	python -m pipeline.bench mixfit --json
 	python -m pipeline.bench select --json
 	python -m pipeline.bench train --json
+	python -m pipeline.bench teardown --json
