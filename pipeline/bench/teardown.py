@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 
 from pipeline.bench import emit, interleaved_medians, seconds
+from pipeline.bench._fixtures import REPO
 
 RESULTS = Path(__file__).resolve().parent / "results"
-REPO = Path(__file__).resolve().parents[2]
 WORK = """
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
