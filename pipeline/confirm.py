@@ -9,7 +9,10 @@ data, and the seed is trained on them with the truth recipe (params ``train``: t
 and schedule as the validation mixtures' models) for ``recommend.budget`` tokens (default: 3 x
 ``train.tokens``). Every trained model is scored on the target's test part, which nothing before
 this stage has seen; the recommended mixture is trained a second time with another data order, and
-the gap between the two is the noise a difference must clear. Methods whose weights coincide (within
+the gap between the two is the noise a difference must clear. The other noise of the verdict is the
+judge's own: each rival's margin over the recommended mixture is also given with a 95% interval
+over the test part's documents (resampled, the same draw for every model), which says whether
+another set of documents of the target could have reversed it. Methods whose weights coincide (within
 0.02 in L1) are trained once. The models themselves are not kept: the figures are the output, with the verdict
 (:mod:`pipeline.lib.advice`: which rivals the recommendation beats, by how many noises) in the
 metrics, a page in words and a plot.
@@ -32,7 +35,7 @@ from pipeline.lib.device import placement
 from pipeline.lib.models import load_model
 from pipeline.lib.outputs import RunRecord, made_by, read_json, write_json, write_text_atomic
 from pipeline.lib.runtime import exit_stage, run_stage, stage_parser
-from pipeline.lib.targets import load_target, loss
+from pipeline.lib.targets import document_bootstrap, load_target, loss
 from pipeline.lib.tokens import shard_slice
 from pipeline.lib.training import train_model
 
@@ -50,6 +53,7 @@ class Params(ModelStageParams):
 
 
 SAME = 0.02  # weights closer than this (L1) are the same data to 1 part in 100: trained once
+BOOTSTRAP = 2000  # resamples of the test part's documents for each margin's interval
 
 
 def distinct_mixtures(methods: dict[str, dict]) -> dict[str, list[str]]:
@@ -72,10 +76,12 @@ def train_and_score(cfg: Params, args, weights: dict[str, float], data_seed: int
     with tempfile.TemporaryDirectory() as live:
         summary, speed = train_model(model, slices, list(used.values()), cfg.train.model_copy(update={"tokens": budget}),
                                      data_seed, Path(live), desc=desc, place=place)
-    test, test_domains = loss(model, target, "test", cfg.eval.batch_size, place)
+    per_token: dict = {}
+    test, test_domains = loss(model, target, "test", cfg.eval.batch_size, place, per_token=per_token)
     dev, _ = loss(model, target, "dev", cfg.eval.batch_size, place)
     return {"test": test, "dev": dev, "test_domains": test_domains, "tokens": summary["tokens"],
-            "final_loss": summary["final_loss"], "seconds": speed["seconds"]}
+            "final_loss": summary["final_loss"], "seconds": speed["seconds"],
+            "documents": target.document_sums("test", per_token)}
 
 
 def main(args, cfg: Params) -> None:
@@ -94,10 +100,14 @@ def main(args, cfg: Params) -> None:
     seed = cfg.seed + sum(map(ord, f"{args.target}/{first}")) + 1
     replicate = train_and_score(cfg, args, rec["methods"]["recommended"]["weights"], seed, f"confirm {args.target} replicate", target, place)
     noise = abs(replicate["test"] - trained["recommended"]["test"])
+    documents = document_bootstrap(target, {f: trained[f]["documents"] for f in groups}, first, BOOTSTRAP, cfg.seed)
+    for res in (*trained.values(), replicate):
+        res.pop("documents", None)
     out = {"target": args.target, "budget": cfg.recommend.budget or 3 * cfg.train.tokens,
            "methods": {n: {"weights": m["weights"], "proxy_test": m["test"], "proxy_dev": m["dev"], **trained[n]}
                        for n, m in rec["methods"].items()},
-           "replicate": replicate, "noise": noise}
+           "replicate": replicate, "noise": noise,
+           "documents": {n: documents[trained[n]["trained_as"]] for n in trained if trained[n]["trained_as"] != first}}
     out["verdict"] = advice.summarise_target(rec, out)
     out["made_by"] = made_by("confirm", target=args.target, recipe=cfg.train.model_dump(), **place.record())
     args.plot.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,12 @@ source outside ``prepare.domains`` gives its documents (``recommend.max_mb`` of 
 hash order), and a file its documents, either without any whose text the corpus holds. Each document
 goes to dev or test by a hash of the target, the domain and its id (``recommend.dev_fraction``), so
 no document is in both; each part holds about ``recommend.max_tokens`` tokens, shared among the
-target's domains by weight (at least 1024 each), by whole documents. Adding a target never changes the corpus or the tokenizer, so it retrains nothing.
+target's domains by weight (at least 1024 each). A domain's share is spread over as many of its
+documents as it can serve (``recommend.min_doc_tokens``): each document gives at most an even share
+of it, a contiguous span at a place in the document fixed by a hash of its id, and no document
+less than ``min_doc_tokens`` (then fewer documents, in hash order), so a part judges mixtures on
+many documents, not on the first few long ones (``null``: whole documents, in hash order, until the
+share is full). Adding a target never changes the corpus or the tokenizer, so it retrains nothing.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.params.core import StageParams
 from pipeline.params.data import PrepareConfig
 from pipeline.params.recommend import RecommendConfig, TargetSpec
-from pipeline.lib.encode import encode_documents
+from pipeline.lib.encode import encode_documents, even_share
 from pipeline.lib.models import load_tokenizer
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, read_json, write_json
 from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
@@ -152,14 +159,20 @@ def gather_target(name: str, spec: TargetSpec, cfg: Params, corpus: Path, tokeni
         entry = {"weight": weight / total, "origin": origin}
         cap = max(MIN_TOKENS, round(cfg.recommend.max_tokens * weight / total))  # a target's parts stay max_tokens long
         for part, docs in split_parts(rows, f"{name}/{domain}", cfg.recommend.dev_fraction).items():
-            ids, starts, nbytes = encode_documents(tokenizer, [r["text"] for r in docs], cap)
+            texts, share = [r["text"] for r in docs], None
+            if cfg.recommend.min_doc_tokens is not None:
+                share = even_share(np.diff(encode_documents(tokenizer, texts)[1]), cap, cfg.recommend.min_doc_tokens)
+            ids, starts, nbytes = encode_documents(tokenizer, texts, cap, share,
+                                                   [unit(f"span/{name}/{domain}/{r['id']}") for r in docs])
             (out / part).mkdir(parents=True, exist_ok=True)
             write_token_file(out / part / domain, ids.astype("uint32"), starts, nbytes,
                              {"target": name, "domain": domain, "part": part, "dtype": "uint32", "eos_id": tokenizer.eos_token_id})
-            entry[part] = {"documents": len(starts) - 1, "tokens": int(ids.size), "bytes": int(nbytes.sum())}
+            entry[part] = {"documents": len(starts) - 1, "tokens": int(ids.size), "bytes": int(nbytes.sum()),
+                           "tokens_per_document": share}
         record["domains"][domain] = entry
-        log.info("%s: %s (%s, weight %.2f): dev %d tokens, test %d tokens", name, domain, origin, entry["weight"],
-                 entry["dev"]["tokens"], entry["test"]["tokens"])
+        log.info("%s: %s (%s, weight %.2f): dev %d tokens in %d documents, test %d tokens in %d documents", name, domain,
+                 origin, entry["weight"], entry["dev"]["tokens"], entry["dev"]["documents"], entry["test"]["tokens"],
+                 entry["test"]["documents"])
     write_json(out / "target.json", record)
     return record
 
@@ -175,7 +188,7 @@ def main(args, cfg: Params) -> None:
             records[name] = gather_target(name, spec, cfg, args.corpus, tokenizer, seen, tmp / name)
     rc = cfg.recommend
     used = {"targets": {n: s.model_dump() for n, s in rc.targets.items()}, "dev_fraction": rc.dev_fraction,
-            "max_tokens": rc.max_tokens, "max_mb": rc.max_mb}
+            "max_tokens": rc.max_tokens, "min_doc_tokens": rc.min_doc_tokens, "max_mb": rc.max_mb}
     write_json(args.metrics, {"targets": records, "made_by": made_by("gather", recommend=used)})
     run.write(targets=len(records))
 

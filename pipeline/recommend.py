@@ -37,6 +37,7 @@ from pipeline.lib.targets import load_target
 from pipeline.lib.tokens import shard_token_counts
 
 log = logging.getLogger(__name__)
+SEED_ROW = "(seed)"  # the seed as the pool's last checkpoint, for a scaled merge (no shard name starts with "(")
 
 
 class Params(ModelStageParams):
@@ -67,8 +68,9 @@ def main(args, cfg: Params) -> None:
     tokens = shard_token_counts(cfg.shards, args.tokens)
     natural = np.array([tokens[s] for s in names], dtype=np.float64)
     search_cfg = SearchConfig(steps=rc.steps, lr=rc.lr, tol=rc.tol, restarts=rc.restarts, max_shards=rc.max_shards, seed=cfg.seed,
-                              batch_size=cfg.eval.batch_size)
-    with ShardPool({s: args.shards_dir / s for s in names}, seed=args.base) as pool:
+                              batch_size=cfg.eval.batch_size, scale=rc.scale)
+    checkpoints = {s: args.shards_dir / s for s in names} | ({SEED_ROW: args.base} if rc.scale != 1.0 else {})
+    with ShardPool(checkpoints, seed=args.base) as pool:
         model = load_model(args.base).to(place.device)
         result = Search(pool, model, target, names, search_cfg, place).run(natural, proxy_candidates(args.proxy, names))
     seconds = result.pop("seconds")  # not in the output: a rerun writes the same bytes, and confirm stays fresh

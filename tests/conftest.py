@@ -62,7 +62,7 @@ TINY_PARAMS = {
     "report": {"bootstrap": 1000},
     "rank": {"top": 10, "sizes": None, "mixtures": {}},
     "recommend": {"targets": {"prose": {"domains": {"prose": 1.0}}}, "budget": None, "dev_fraction": 0.5,
-                  "max_tokens": 1024, "max_mb": 1.0, "steps": 6, "tol": 1e-5, "lr": 2.0, "restarts": 0, "max_shards": None},
+                  "max_tokens": 1024, "min_doc_tokens": 64, "max_mb": 1.0, "steps": 6, "tol": 1e-5, "lr": 2.0, "restarts": 0, "max_shards": None, "scale": 2.0},
     "validation": {"mixtures": {"code+prose": {"shards": ["code", "prose"]}, "prose+legal": {"shards": ["prose", "legal"]},
                                 "code+prose+legal": {"shards": ["code", "prose", "legal"]}}},
     "infer": {"probes": {"skewed": {"shards": ["code", "prose"], "ratios": [3, 1]}, "cal": {"shards": ["prose", "code"], "ratios": [3, 1]}},

@@ -52,6 +52,18 @@ def test_the_verdict_counts_margins_in_noises_and_each_trained_model_once():
     assert s["surrogate"]["l1_to_descent"] == pytest.approx(0.04)
     md = advice.markdown("t", s)
     assert "**To do well on t, train on:** a 70%, b 30%." in md and "6 distinct trained models" in md
+    assert s["margin_over_documents"] == {}  # no per-document figures: no interval column filled
+
+
+def test_the_interval_over_documents_is_shown_beside_each_margin():
+    rec, conf = figures(TRAINED, PROXY, noise=0.002, same={"surrogate": "recommended"})
+    conf["documents"] = {"mixmin": {"margin": -0.0005, "low": -0.0021, "high": 0.0009, "sd": 0.0008},
+                         "uniform": {"margin": 0.05, "low": 0.041, "high": 0.06, "sd": 0.005}}
+    s = advice.summarise_target(rec, conf)
+    assert s["margin_over_documents"] == {"mixmin": [-0.0021, 0.0009], "uniform": [0.041, 0.06]}
+    md = advice.markdown("t", s)
+    assert "| mixmin | 127.677 | -0.00050 | -0.00210 to +0.00090 |" in md
+    assert "| natural | 132.954 | +0.04000 |  |" in md  # a method without figures: an empty cell
 
 
 def test_a_gain_within_the_noise_is_not_worth_having_and_a_loss_to_mixmin_is_reported():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.params.config import Config
@@ -20,6 +21,8 @@ def params_with(tmp_path: Path, recommend: dict) -> Path:
 @pytest.mark.parametrize("recommend, says", [
     ({"budget": 0}, "recommend.budget: Input should be greater than 0"),
     ({"max_shards": 0}, "recommend.max_shards: Input should be greater than 0"),
+    ({"scale": 0}, "recommend.scale: Input should be greater than 0"),
+    ({"min_doc_tokens": 0}, "recommend.min_doc_tokens: Input should be greater than 0"),
     ({"targets": {"t": {"domains": {"prose": 0.0, "code": 0.0}}}}, "sum to 0: give at least one a weight > 0"),
     ({"targets": {"t": {"domains": {"prose": 1.0}, "file": "x.jsonl"}}}, "give exactly one of 'domains'"),
     ({"targets": {"t": {}}}, "give exactly one of 'domains'"),
@@ -89,3 +92,36 @@ def test_bad_targets_are_clear_errors_and_write_nothing(prepared, target, says):
     proc = gather(prepared, {"targets": {"t": target}}, check=False)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-2000:]
     assert sorted(p.name for p in prepared.iterdir()) == before
+
+
+def test_a_part_spreads_its_tokens_over_many_documents(prepared):
+    """Long documents: with ``min_doc_tokens`` each gives an even share of the part (a contiguous span
+    of its own tokens), so a part holds far more documents than whole documents would give it."""
+    from pipeline.lib.models import load_tokenizer
+    from pipeline.lib.tokens import TokenFile
+
+    rng = np.random.default_rng(0)
+    docs = [{"id": str(i), "text": f"Document {i}: " + " ".join(f"word{w}" for w in rng.integers(0, 97, 400))} for i in range(40)]
+    write_jsonl(prepared / "long.jsonl", docs)
+    tok = load_tokenizer(prepared / "tokenizer")
+    whole = {d["text"]: "," + ",".join(map(str, tok(d["text"], add_special_tokens=False)["input_ids"])) + "," for d in docs}
+    counts = {}
+    for least in (None, 64):
+        gather(prepared, {"targets": {"long": {"file": "long.jsonl"}}, "max_tokens": 2048, "min_doc_tokens": least})
+        rec = json.loads((prepared / "data/targets/long/target.json").read_text())["domains"]["long"]
+        counts[least] = rec["dev"]["documents"] + rec["test"]["documents"]
+        seen = {}
+        for part in ("dev", "test"):
+            tf = TokenFile.open(prepared / f"data/targets/long/{part}/long.bin")
+            ids, starts = tf.array(), tf.doc_starts()
+            assert tf.tokens <= 2048 and rec[part]["tokens"] == tf.tokens
+            share = rec[part]["tokens_per_document"]
+            assert (share is None) == (least is None) and (share is None or share >= least)
+            for a, b in zip(starts[:-1], starts[1:]):
+                body = ids[a + 1:b].tolist()
+                home = [t for t, full in whole.items() if "," + ",".join(map(str, body)) + "," in full]
+                assert len(home) == 1, "every document's tokens are a span of one target document"
+                assert not (share and len(body) + 1 > share)
+                seen.setdefault(home[0], set()).add(part)
+        assert all(len(parts) == 1 for parts in seen.values())  # no document in both parts
+    assert counts[64] >= 4 * counts[None]  # 2048 / 65 per document against ~2048 / 800

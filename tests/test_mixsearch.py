@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
+from torch.func import functional_call
 
 from pipeline.lib import simplex
 from pipeline.lib.merging import merge_into
@@ -15,7 +18,7 @@ from pipeline.lib.mixsearch import RIVALS, Search, SearchConfig
 from pipeline.lib.models import load_model
 from pipeline.lib.pool import ShardPool
 from pipeline.lib.scoring import EvalSet
-from pipeline.lib.targets import Target, loss
+from pipeline.lib.targets import Target, loss, loss_backward
 from pipeline.lib.tokens import TokenFile, write_token_file
 from tests.test_pool import make_checkpoints
 
@@ -95,3 +98,54 @@ def test_descent_lowers_the_dev_loss_from_uniform(search_parts):
         best = search.descend([np.full(4, 0.25)])
     assert best.loss < uniform and search.gradient_steps == len(best.history)
     assert simplex.normalised(best.w).sum() == pytest.approx(1.0)
+
+
+class ScaledReference(torch.nn.Module):
+    """The model whose every parameter is seed + scale x (sum_k w_k theta_k - seed), built from the stored
+    tensors on each call (``w`` a float64 tensor that autograd flows to)."""
+
+    def __init__(self, seed_dir, shards: dict, w, scale: float):
+        super().__init__()
+        self.inner, self.w, self.scale = load_model(seed_dir), w, scale
+        self.seed = {n: t.double() for n, t in load_file(seed_dir / "model.safetensors").items()}
+        self.sds = [{n: t.double() for n, t in load_file(p / "model.safetensors").items()} for p in shards.values()]
+
+    def forward(self, **kw):
+        params = {n: (s + self.scale * (sum(self.w[k] * sd[n] for k, sd in enumerate(self.sds)) - s)).float()
+                  for n, s in self.seed.items()}
+        return functional_call(self.inner, params, args=(), kwargs=kw)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0, 0.5])
+def test_a_scaled_search_scores_and_descends_the_extrapolated_merge(tmp_path, scale):
+    """With ``scale`` the proxy of w is seed + scale x (merge - seed): its scores and its gradient with
+    respect to w equal those of that model built from the stored tensors, and MixMin still ensembles
+    the shard models themselves."""
+    seed_dir, shards = make_checkpoints(tmp_path, k=3, hidden=16)
+    target = tiny_target(tmp_path / "target")
+    cfg = SearchConfig(steps=4, lr=2.0, tol=0.0, restarts=0, max_shards=None, seed=0, batch_size=4, scale=scale)
+    w = np.array([0.6, 0.3, 0.1])
+    with ShardPool({**shards, "(seed)": seed_dir}, seed=seed_dir) as pool:
+        search = Search(pool, load_model(seed_dir), target, list(shards), cfg)
+        dev = search.merged(w)
+        value, grad = search.value_and_grad(w)
+        plain = {}
+        search.merged(np.eye(3)[0], per_token=plain, scale=1.0)
+    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    want = loss_backward(ScaledReference(seed_dir, shards, wt, scale), target, "dev", 4)
+    assert dev == pytest.approx(want, rel=1e-6) and value == pytest.approx(want, rel=1e-6)
+    torch.testing.assert_close(torch.from_numpy(grad), wt.grad, rtol=1e-5, atol=1e-7)
+    # the shard alone at scale 1 is the shard model itself
+    with ShardPool(shards, seed=seed_dir) as pool:
+        alone = {}
+        Search(pool, load_model(seed_dir), target, list(shards), SearchConfig(**{**cfg.__dict__, "scale": 1.0})).merged(
+            np.eye(3)[0], per_token=alone)
+    for d in alone:
+        np.testing.assert_array_equal(alone[d], plain[d])
+
+
+def test_a_scaled_search_needs_the_seed_in_its_pool(search_parts):
+    seed_dir, shards, target = search_parts
+    cfg = SearchConfig(steps=2, lr=2.0, tol=0.0, restarts=0, max_shards=None, seed=0, batch_size=4, scale=2.0)
+    with ShardPool(shards, seed=seed_dir) as pool, pytest.raises(ValueError, match="needs the seed as the pool's last checkpoint"):
+        Search(pool, load_model(seed_dir), target, list(shards), cfg).merged(np.full(4, 0.25))

@@ -72,6 +72,11 @@ def assert_recommend_outputs(project: Path, target: str) -> None:
     conf = json.loads((project / f"metrics/recommend/{target}.json").read_text())
     assert set(conf["methods"]) == set(rec["methods"]) and conf["noise"] >= 0
     assert set(conf["verdict"]["beats"]) == {"uniform", "natural", "best_single"}
+    others = {n for n, m in conf["methods"].items() if m["trained_as"] != conf["methods"]["recommended"]["trained_as"]}
+    assert set(conf["documents"]) == others  # every rival trained apart from the answer has its interval over documents
+    for n in others:
+        d = conf["documents"][n]
+        assert d["low"] <= d["high"] and abs(d["margin"] - (conf["methods"][n]["test"] - conf["methods"]["recommended"]["test"])) < 1e-9
     assert f"**To do well on {target}, train on:**" in (project / f"reports/recommend/{target}.md").read_text()
     assert (project / f"plots/recommend/{target}.png").stat().st_size > 0
 

@@ -174,3 +174,45 @@ def test_bytes_per_token_sum_to_the_text_bytes(text):
     if text.isascii():  # a prefix of the tokens counts the bytes of the text it decodes to
         k = len(counts) // 2
         assert sum(counts[:k]) == len(tok.decode(enc["input_ids"][:k]).encode())
+
+
+@pytest.mark.parametrize("lengths, budget, least, share", [
+    ([10, 20, 30], 100, 1, None),        # everything fits whole
+    ([10, 20, 30], 45, 1, 17),           # 10 + 17 + 17 = 44 <= 45 < 10 + 18 + 18
+    ([100] * 8, 400, 1, 50),             # even lengths: the budget split evenly
+    ([100] * 8, 400, 64, 64),            # never below the floor (then fewer documents fill the budget)
+    ([5, 5, 500], 110, 1, 100),          # short documents whole, the long one takes the rest
+])
+def test_even_share_is_the_largest_cap_the_budget_allows(lengths, budget, least, share):
+    from pipeline.lib.encode import even_share
+
+    got = even_share(lengths, budget, least)
+    assert got == share
+    if share is not None and share > least:  # the largest: one more token per document overflows the budget
+        assert sum(min(n, share) for n in lengths) <= budget < sum(min(n, share + 1) for n in lengths)
+
+
+def test_a_document_cap_keeps_a_contiguous_span_where_asked():
+    from pipeline.lib.encode import encode_documents
+    from pipeline.tokenize import train_tokenizer
+
+    texts = [" ".join(f"w{i}_{j}" for j in range(60)) for i in range(3)] + ["short one"]
+    tok = train_tokenizer(texts * 3, vocab_size=400)
+    whole = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    for at in (0.0, 0.5, 0.999):
+        ids, starts, nbytes = encode_documents(tok, texts, doc_cap=11, span_at=[at] * len(texts))
+        for i, (a, b) in enumerate(zip(starts[:-1], starts[1:])):
+            doc = ids[a:b].tolist()
+            assert doc[0] == tok.eos_token_id and nbytes[a] == 0
+            body, full = doc[1:], whole[i]
+            if len(full) <= 10:
+                assert body == full  # short documents whole
+                continue
+            assert len(body) == 10
+            start = next(s for s in range(len(full) - 9) if full[s:s + 10] == body)  # a contiguous span of the document
+            room = len(full) - 10
+            assert abs(start - at * room) <= 1  # at fraction `at` of where it could start
+    first = encode_documents(tok, texts, doc_cap=11)  # no span_at: each document's first tokens
+    assert first[0][1:11].tolist() == whole[0][:10]
+    capped = encode_documents(tok, texts, cap=25, doc_cap=11, span_at=[0.5] * len(texts))
+    assert capped[0].size == 25 and capped[1][-1] == 25  # the part's cap still cuts the last document

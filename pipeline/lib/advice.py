@@ -4,7 +4,8 @@
 proxy's predictions) and the confirm stage's figures (the same methods trained and judged on the
 target's test part) and gives: the recommended weights; every method's trained test
 log-perplexity and its margin over the recommended one (positive: the recommended mixture is
-better); the noise (the recommended mixture trained twice, two data orders); which rivals it beats
+better), with its 95% interval over the test part's documents (the judge's noise); the noise (the
+recommended mixture trained twice, two data orders); which rivals it beats
 by more than twice the noise; whether the predicted gain over uniform is worth having (at least
 4x the noise); the proxy's predicted against trained test loss (Spearman over the distinct trained
 models); the
@@ -41,6 +42,7 @@ def summarise_target(rec: dict, conf: dict) -> dict:
         "trained_test_logppl": {n: m["test"] for n, m in methods.items()},
         "proxy_test_logppl": {n: m["proxy_test"] for n, m in methods.items()},
         "margin_over_recommended": margin, "noise": noise,
+        "margin_over_documents": {n: [d["low"], d["high"]] for n, d in conf.get("documents", {}).items()},
         "beats": {n: bool(margin[n] > 2 * noise) for n in MUST_BEAT if n in margin},
         "not_worse": {n: bool(margin[n] >= -noise) for n in NOT_WORSE_THAN if n in margin},
         "predicted_gain_over_uniform": pred_gain, "worth_having": bool(pred_gain >= WORTH * noise),
@@ -67,13 +69,18 @@ def markdown(target: str, s: dict) -> str:
     lines = [f"# {target}: what to train on", "", f"**To do well on {target}, train on:** {top}{origin}.", "",
              f"Predicted gain over uniform: {s['predicted_gain_over_uniform']:.5f} nats ({verdict}); noise "
              f"(the recommended mixture trained twice): {s['noise']:.5f} nats.", "",
-             "| method | trained test ppl | margin over recommended (nats) | proxy predicted ppl |", "|---|---|---|---|"]
+             "| method | trained test ppl | margin over recommended (nats) | its 95% interval over the test documents | proxy predicted ppl |",
+             "|---|---|---|---|---|"]
     for n, v in s["trained_test_logppl"].items():
         m = "" if n == "recommended" else f"{s['margin_over_recommended'][n]:+.5f}"
-        lines.append(f"| {n} | {math.exp(v):.3f} | {m} | {math.exp(s['proxy_test_logppl'][n]):.3f} |")
+        lo_hi = s.get("margin_over_documents", {}).get(n)
+        iv = "" if lo_hi is None else f"{lo_hi[0]:+.5f} to {lo_hi[1]:+.5f}"
+        lines.append(f"| {n} | {math.exp(v):.3f} | {m} | {iv} | {math.exp(s['proxy_test_logppl'][n]):.3f} |")
     err = s["surrogate"]["max_abs_error"]
     lines += ["", "Beats by more than twice the noise: " + ", ".join(f"{n} {'yes' if ok else 'no'}" for n, ok in s["beats"].items())
               + ". Not worse than (within the noise): " + ", ".join(f"{n} {'yes' if ok else 'no'}" for n, ok in s["not_worse"].items()) + ".",
+              "The interval is the judge's own noise: the margin again on the test part's documents drawn with replacement "
+              "(an interval that holds 0: other documents of the target could have reversed it).",
               f"Proxy against training over the {len(s['trained_models'])} distinct trained models: Spearman {s['proxy_vs_trained_spearman']:.2f}. Surrogate: "
               f"held-out max error {'n/a' if err is None else f'{err:.2e}'} nats; its optimum is {s['surrogate']['l1_to_descent']:.2f} "
               f"(L1) from the gradient descent's and {s['surrogate']['dev_gap']:+.1e} nats from it on dev.",

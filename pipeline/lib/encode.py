@@ -4,7 +4,9 @@
 their sum: one way of counting bytes for every token file). :func:`encode_documents` turns a list of
 documents into one flat array in the layout of :mod:`pipeline.lib.tokens`: each document preceded
 by the end-of-text token (which adds no bytes), its start in a document index, whole documents up to
-a token cap (the last one cut at a token boundary).
+a token cap (the last one cut at a token boundary), or each document cut to a span of at most
+``doc_cap`` tokens at a given place in it. :func:`even_share` is the ``doc_cap`` that spreads a token
+budget over as many documents as it can serve.
 """
 
 from __future__ import annotations
@@ -32,13 +34,23 @@ def bytes_per_token(text: str, offsets: list) -> list[int]:
     return counts.tolist()
 
 
-def encode_documents(tokenizer, texts: Sequence[str], cap: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(ids, doc_starts, token_bytes)`` of ``texts``: int64 ids, ``documents + 1`` starts, per-token bytes."""
+def encode_documents(tokenizer, texts: Sequence[str], cap: int | None = None, doc_cap: int | None = None,
+                     span_at: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, doc_starts, token_bytes)`` of ``texts``: int64 ids, ``documents + 1`` starts, per-token bytes.
+
+    With ``doc_cap``, a document longer than that (its end-of-text token included) keeps a contiguous
+    span of it: the span starts at fraction ``span_at[i]`` (in [0, 1)) of the positions it could start
+    at, 0 (the default) being the document's first tokens."""
     eot = tokenizer.eos_token_id
     enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
     ids_out, bytes_out, lengths, total = [], [], [], 0
-    for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
-        ids, nbytes = [eot, *ids], [0, *bytes_per_token(text, offsets)]
+    for i, (text, ids, offsets) in enumerate(zip(texts, enc["input_ids"], enc["offset_mapping"])):
+        nbytes = bytes_per_token(text, offsets)
+        if doc_cap is not None and len(ids) > doc_cap - 1:
+            start = int((span_at[i] if span_at is not None else 0.0) * (len(ids) - (doc_cap - 1) + 1))
+            start = min(start, len(ids) - (doc_cap - 1))
+            ids, nbytes = ids[start:start + doc_cap - 1], nbytes[start:start + doc_cap - 1]
+        ids, nbytes = [eot, *ids], [0, *nbytes]
         if cap is not None:
             room = cap - total
             if room <= 1:
@@ -50,3 +62,20 @@ def encode_documents(tokenizer, texts: Sequence[str], cap: int | None = None) ->
         total += len(ids)
     starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
     return np.asarray(ids_out, dtype=np.int64), starts, np.asarray(bytes_out, dtype=np.int64)
+
+
+def even_share(lengths: Sequence[int], budget: int, least: int) -> int | None:
+    """The per-document cap that spreads ``budget`` tokens evenly over documents of ``lengths``: the
+    largest ``c`` with ``sum(min(length, c)) <= budget``, raised to ``least`` (then the budget serves
+    fewer documents, in their order); None when every document fits whole."""
+    sizes = np.sort(np.asarray(lengths, dtype=np.int64))
+    if sizes.sum() <= budget:
+        return None
+    lo, hi = 1, int(sizes[-1])
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if np.minimum(sizes, mid).sum() <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return max(lo, least)

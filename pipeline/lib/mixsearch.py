@@ -52,6 +52,7 @@ class SearchConfig:
     max_shards: int | None
     seed: int
     batch_size: int
+    scale: float = 1.0  # the merged proxy of weights w: seed + scale x (sum_k w_k theta_k - seed)
 
 
 @dataclass
@@ -67,23 +68,35 @@ class Search:
     scored: dict[tuple, float] = field(default_factory=dict)  # rounded weights -> merged dev loss
     gradient_steps: int = 0  # forward+backward passes on dev, each with a multi-dot
 
-    def merged(self, w: np.ndarray, part: str = "dev", per_token: dict | None = None) -> float:
-        """The target loss of the merge with weights ``w`` on ``part`` (dev scores are remembered)."""
+    def row(self, w: np.ndarray, scale: float | None = None) -> list[float]:
+        """The merge's weights over the pool for mixture ``w``: ``w`` itself, or with ``scale`` != 1
+        ``scale x w`` and ``1 - scale`` on the seed (the pool's last checkpoint)."""
+        scale = self.cfg.scale if scale is None else scale
+        if len(self.pool) == len(self.names):
+            if scale != 1.0:
+                raise ValueError("a scaled merge needs the seed as the pool's last checkpoint")
+            return w.tolist()
+        return [*(scale * w).tolist(), 1.0 - scale]
+
+    def merged(self, w: np.ndarray, part: str = "dev", per_token: dict | None = None, scale: float | None = None) -> float:
+        """The target loss of the merge with weights ``w`` on ``part`` (dev scores of the search's
+        own scale are remembered)."""
         w = simplex.normalised(w)
         key = tuple(np.round(w, 9))
-        if part == "dev" and per_token is None and key in self.scored:
+        mine = scale is None or scale == self.cfg.scale
+        if part == "dev" and per_token is None and mine and key in self.scored:
             return self.scored[key]
-        merge_into(self.model, w.tolist(), self.pool)
+        merge_into(self.model, self.row(w, scale), self.pool)
         value = loss(self.model, self.target, part, self.cfg.batch_size, self.place, per_token)[0]
-        if part == "dev":
+        if part == "dev" and mine:
             self.scored[key] = value
         return value
 
     def value_and_grad(self, w: np.ndarray) -> tuple[float, np.ndarray]:
-        merge_into(self.model, simplex.normalised(w).tolist(), self.pool)
+        merge_into(self.model, self.row(simplex.normalised(w)), self.pool)
         self.model.zero_grad(set_to_none=True)
         value = loss_backward(self.model, self.target, "dev", self.cfg.batch_size, self.place)
-        return value, merge_grad(self.model, self.pool).numpy()
+        return value, self.cfg.scale * merge_grad(self.model, self.pool).numpy()[: len(self.names)]
 
     def lattice(self) -> tuple[surrogate.Quadratic, np.ndarray, np.ndarray]:
         """The surrogate fitted on every shard alone and every pair; the shards' per-token
@@ -94,6 +107,9 @@ class Search:
             per_token: dict = {}
             singles[s] = self.merged(np.eye(k)[i], per_token=per_token)
             self.scored[tuple(np.round(np.eye(k)[i], 9))] = singles[s]
+            if self.cfg.scale != 1.0:  # MixMin's ensemble is of the shard models themselves
+                per_token = {}
+                self.merged(np.eye(k)[i], per_token=per_token, scale=1.0)
             logp.append(np.concatenate([-per_token[e.domain] for e in self.target.sets["dev"]]))
         token_w = np.concatenate([np.full(e.predicted, self.target.weights[e.domain] / e.predicted) for e in self.target.sets["dev"]])
         pairs = []

@@ -49,9 +49,13 @@ class RecommendConfig(Section):
     budget: PositiveInt | None = None  # training tokens of each confirmed mixture (None: 3 x train.tokens)
     dev_fraction: OpenFraction = 0.5  # of a target's documents, the part the optimiser sees (by a hash of the id)
     max_tokens: PositiveInt = 16384  # per target and part (dev, test), shared among its domains by weight
+    # a domain's share of a part spread evenly over its documents, none cut below this (None: whole documents)
+    min_doc_tokens: PositiveInt | None = 256
     max_mb: Annotated[float, Field(gt=0)] = 1.0  # text read per registry source outside the corpus
     steps: PositiveInt = 30  # mirror-descent steps per start (fewer when it stalls)
     tol: Annotated[float, Field(ge=0)] = 1e-5  # a step that gains less dev loss (nats) than this counts as a stall
     lr: Annotated[float, Field(gt=0)] = 2.0  # first step: log-weight the worst shard loses against the best
     restarts: Annotated[int, Field(ge=0)] = 0  # seeded random starts besides the surrogate's optimum and uniform
     max_shards: PositiveInt | None = None  # keep at most this many shards in the answer
+    # the merged proxy of weights w: seed + scale x (sum_k w_k theta_k - seed); 1 = the plain weighted average
+    scale: Annotated[float, Field(gt=0)] = 1.0
