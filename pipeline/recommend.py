@@ -7,7 +7,9 @@ On the target's dev part (the gather stage's; the optimiser never sees the test 
 the merged proxy of every shard alone and every pair (the quadratic surrogate's lattice), picks the
 rivals (uniform, natural, best single shard, best of the proxy stage's candidates, MixMin, the
 surrogate's minimum) and descends on the weight simplex from the surrogate's minimum, uniform and
-seeded random starts (:mod:`pipeline.lib.mixsearch`). Writes every method's weights, its merged
+seeded random starts (:mod:`pipeline.lib.mixsearch`). The merged proxy is taken to the size of a
+model trained for the confirm budget, ``seed + recommend.scale x (merge - seed)`` (the seed joins
+the pool as its last row when the scale is not 1). Writes every method's weights, its merged
 dev and test losses (nats per token, the proxy's prediction of what training on it gives) and the
 surrogate's prediction, the descent's own optimum and history, and the cost in merges scored and
 gradient steps (the seconds go to ``runs/recommend/<target>.json``: timings would make every rerun

@@ -1,7 +1,11 @@
 """The mixture to train on for a target: rivals, and mirror descent through the differentiable merge.
 
 Everything here is the merged proxy on the target's dev part (the optimiser never sees the test
-part; the test scores it records are the proxy's predictions, for the judge to compare with):
+part; the test scores it records are the proxy's predictions, for the judge to compare with). The
+proxy of weights ``w`` is ``seed + scale x (sum_k w_k theta_k - seed)`` (``SearchConfig.scale``: 1,
+the plain weighted average; more, the size of a model trained for several shard budgets, with the
+seed as the pool's last checkpoint), and its gradient with respect to ``w`` is ``scale`` times the
+multi-dot's:
 
 - the lattice: every shard alone and every pair at 1/2 : 1/2, merged and scored; it fixes the
   quadratic surrogate (:mod:`pipeline.lib.surrogate`), and the shards' per-token probabilities give
@@ -10,8 +14,8 @@ part; the test scores it records are the proxy's predictions, for the judge to c
   ``best_single`` (the shard with the lowest dev loss), ``best_candidate`` (the lowest of the
   proxy stage's candidate mixtures on dev: the surrogate ranks them all, its best few are merged
   and scored), ``mixmin`` (the convex optimum of the
-  output-space ensemble, Thudi et al. 2025) and ``surrogate`` (the quadratic's minimum on the
-  simplex);
+  output-space ensemble of the shard models themselves, at scale 1 whatever the proxy's, Thudi et
+  al. 2025) and ``surrogate`` (the quadratic's minimum on the simplex);
 - ``recommended``: exponentiated-gradient descent (:func:`pipeline.lib.simplex.mirror_descent`) on the
   merged model's dev loss, the gradient with respect to the weights from one backward pass and the
   multi-dot (:func:`pipeline.lib.adjoint.merge_grad`), started from the surrogate's minimum, from
