@@ -39,7 +39,8 @@ from pipeline.lib.dvcrepo import Pipeline
 from pipeline.lib.engines import ENGINES, Engine, Job, LocalEngine, RayEngine, SubmititEngine, local_gpus
 from pipeline.lib.outputs import write_json
 from pipeline.lib.resources import Resources, check_flags, key_value, on_this_machine, params_of, positive, resources
-from pipeline.lib.runtime import THREADS_ENV, StageError, interpreter_first_path, raise_interrupt, setup_logging, usable_cpus
+from pipeline.lib.runtime import (THREADS_ENV, StageError, deferred_interrupts, interpreter_first_path, raise_interrupt,
+                                  setup_logging, usable_cpus)
 
 log = logging.getLogger("pipeline.launch")
 POLL_S = 0.5
@@ -134,7 +135,7 @@ class Launch:
         if forced:
             self.pipe.clear(name)
         self.started[name] = time.monotonic()
-        self.engine.submit(self.job(name))
+        submit(self.engine, self.job(name))
         self.out.launched.append(name)
         log.info("%s: launched on %s (%d thread%s%s); log %s", name, self.engine.name, self.res.threads,
                  "s" if self.res.threads > 1 else "", f", {self.res.gpus} GPU" if self.res.gpus else "",
@@ -151,13 +152,16 @@ class Launch:
         t0 = time.monotonic()
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", name], cwd=self.root, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = None
             try:
+                with deferred_interrupts():  # as in submit: a Ctrl-C in the fork would be lost
+                    proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", name], cwd=self.root,
+                                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
                 status = proc.wait()
             except BaseException:  # interrupted: DVC stops its stage on SIGINT
-                proc.send_signal(signal.SIGINT)
-                proc.wait(timeout=60)
+                if proc is not None:
+                    proc.send_signal(signal.SIGINT)
+                    proc.wait(timeout=60)
                 raise
         self.out.seconds[name] = round(time.monotonic() - t0, 1)
         if status:
@@ -183,6 +187,15 @@ class Launch:
                 how = f"killed by signal {-status}" if status < 0 and not note else f"exit status {status}"
                 self.out.failed.append({"stage": job.name, "status": status, "log": rel, **({"engine": note} if note else {})})
                 log.error("%s failed (%s%s); its log: %s", job.name, how, f"; {note}" if note else "", rel)
+
+
+def submit(engine: Engine, job: Job) -> None:
+    """``engine.submit(job)`` with Ctrl-C and SIGTERM held until the engine has recorded the job, then
+    delivered. Python forks the job's shell in there: an interrupt raised in the fork's own handlers
+    (logging's lock release) is swallowed, and one raised after the fork but before the engine keeps
+    the process leaves a job that nobody cancels."""
+    with deferred_interrupts():
+        engine.submit(job)
 
 
 def launch(args) -> int:

@@ -402,3 +402,27 @@ def test_child_processes_find_this_interpreters_tools_first(monkeypatch):
     assert interpreter_first_path().split(os.pathsep) == [here, "/usr/bin", "/bin"]
     monkeypatch.delenv("PATH")
     assert interpreter_first_path() == here
+
+
+def test_a_ctrl_c_while_a_job_starts_is_delivered_once_the_engine_knows_the_job(tmp_path):
+    """Ctrl-C after the job's shell is forked but before the engine records it: held until submit
+    returns, so the job is known, and cancelled; without the hold it would be raised in between and
+    the job would run on with nobody to stop it (seen: test_ctrl_c_cancels_... found nothing cancelled)."""
+    from pipeline.launch import submit
+
+    class Racy(engines.LocalEngine):
+        def submit(self, job):
+            proc = engines.start(job)
+            os.kill(os.getpid(), signal.SIGINT)  # the Ctrl-C lands here
+            self._procs[job.name] = (job, proc, [])
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        eng = Racy()
+        with pytest.raises(KeyboardInterrupt):
+            submit(eng, engines.Job("slow", "sleep 60", str(tmp_path), str(tmp_path / "s.log")))
+        assert eng.running() == ["slow"]  # the interrupt came after the engine kept the job
+        eng.cancel()
+        assert [j.name for j, _, _ in eng.poll()] == ["slow"] and eng.running() == []
+    finally:
+        signal.signal(signal.SIGINT, previous)
