@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["append_row", "emit", "interleaved_medians", "seconds"]
+__all__ = ["RESULTS", "append_row", "emit", "interleaved_medians", "seconds"]
+
+RESULTS = Path(__file__).resolve().parent / "results"  # the kept CSV files, one per benchmark
 
 
 def seconds(t: float) -> float:

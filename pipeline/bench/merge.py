@@ -30,14 +30,13 @@ from pathlib import Path
 import torch
 
 from pipeline import kernels
-from pipeline.bench import emit, interleaved_medians
+from pipeline.bench import RESULTS, emit, interleaved_medians
 from pipeline.kernels import _ext
 from pipeline.lib.merging import merge_into
 from pipeline.lib.pool import ShardPool
 
 log = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _check_dot(xs: list, g: torch.Tensor, impl: str) -> float:

@@ -58,13 +58,12 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.bench import append_row
+from pipeline.bench import RESULTS, append_row
 from pipeline.bench._fixtures import CACHE, REPO, ensure_eval_tokens, ensure_shards, ensure_smollm2, random_llama, tiny_seed, warm
 from pipeline.bench._proxy_summary import MULTI_M, round_or_none, summarise, summarise_multi, triad_gbps
 
 log = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run_worker(method: str, spec: dict, timeout: float = 3600) -> dict:

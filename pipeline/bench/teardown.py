@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
-from pipeline.bench import emit, interleaved_medians, seconds
+from pipeline.bench import RESULTS, emit, interleaved_medians, seconds
 from pipeline.bench._fixtures import REPO
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WORK = """
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
