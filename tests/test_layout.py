@@ -149,6 +149,7 @@ def test_a_stage_holds_only_the_schemas_of_the_sections_it_reads():
                            "pipeline/params/shards.py"},
         "pipeline.select": {"pipeline/params/evaluation.py", "pipeline/params/model.py", "pipeline/params/select.py",
                             "pipeline/params/shards.py"},
+        "pipeline.advise": {"pipeline/params/recommend.py"},
         "pipeline.report_weights": set(),
     }
     assert stage_modules() == set(want)

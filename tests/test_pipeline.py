@@ -160,7 +160,7 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     assert_params_declared_as_read(project, trace)
     assert {"prepare", "tokenize", "base", "evaluate_base", "train@code", "train@prose", "train@legal", "proxy",
             "train_mixture@code+prose", "evaluate_mixture@code+prose+legal", "rank", "report", "gather", "recommend@prose",
-            "confirm@prose", "train_probe@skewed", "train_probe@cal", "infer", "select", "report_weights"} <= set(ran), out
+            "confirm@prose", "advise", "train_probe@skewed", "train_probe@cal", "infer", "select", "report_weights"} <= set(ran), out
 
     # outputs load: corpus, tokens, models (HF folders, safetensors, tokenizer, provenance)
     manifest = json.loads((project / "data/corpus/manifest.json").read_text())
@@ -208,6 +208,11 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     assert all(abs(e["merged"] - e["nats_vs_seed"]) < 1e-5 for e in top if len(e["shards"]) < 3)  # the lattice, fitted exactly
     assert "## How far to trust it" in (project / "reports/rank/subsets.md").read_text()
     assert_recommend_outputs(project, "prose")
+    summary = json.loads((project / "metrics/recommend.json").read_text())  # advise: the targets on one page
+    verdict = json.loads((project / "metrics/recommend/prose.json").read_text())["verdict"]
+    assert list(summary["targets"]) == ["prose"] and summary["proxy_vs_trained"]["models"] == len(verdict["trained_models"])
+    assert summary["targets"]["prose"]["recommended"] == verdict["recommended"]
+    assert "| [prose](recommend/prose.md) |" in (project / "reports/recommend.md").read_text()
     assert_from_weights_outputs(project)
 
     # nothing is stale after a run
@@ -275,7 +280,7 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
     assert stale == {"check", "plan", "train@code-b", "evaluate@code-b", "proxy", "rank", "report", "recommend@prose",
                      "confirm@prose", "infer", "select"}, status
     ran = stages_run(dvc(project, "repro").stdout)
-    assert sorted(ran) == ["check", "confirm@prose", "evaluate@code-b", "infer", "plan", "proxy", "rank", "recommend@prose",
+    assert sorted(ran) == ["advise", "check", "confirm@prose", "evaluate@code-b", "infer", "plan", "proxy", "rank", "recommend@prose",
                            "report", "report_weights", "select", "train@code-b"], ran
 
     # the experiment workflow of the README: a changed recipe, then compare
