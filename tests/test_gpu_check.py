@@ -34,7 +34,7 @@ def test_gpu_check_cpu_tiny_passes_and_reports_every_step(tmp_path: Path):
     pipe = steps["pipeline"]["result"]
     assert pipe["ok"] and [s["stage"] for s in pipe["stages"]][:3] == ["check", "prepare", "tokenize"]
     assert pipe["stages"][-1]["stage"] == "report_weights" and "rank" in [s["stage"] for s in pipe["stages"]]
-    assert len(pipe["stages"]) == 5 + 4 + 4 + 3 + 2 * 2 + 3 + 1 + 3  # proxy, plan, rank; ...; infer, select, report_weights
+    assert len(pipe["stages"]) == 5 + 4 + 4 + 3 + 2 * 2 + 3 + 1 + 1 + 3  # proxy, plan, rank; ...; advise; infer, select, report_weights
     assert set(pipe["own_domain_ppl_ratio"]) == {"code_a", "code_b", "prose", "legal"}
     assert all(0 < r < 1 for r in pipe["own_domain_ppl_ratio"].values())  # every shard learned its domain
     assert pipe["proxy_cost"]["mixtures"] == 6 and set(pipe["report"]) == {"merged", "mean_shard_ppl", "best_shard", "ensemble"}

@@ -234,8 +234,8 @@ def test_dvc_repro_tiny_end_to_end(project: Path):
             assert ran == [], ran
         else:  # every stage with DVC-cached outputs reruns; those whose outputs are all in git (metrics,
             # plots) and whose inputs came out byte-identical have nothing to redo
-            assert set(stages_run(out)) - set(ran) == {"evaluate_base", "proxy", "rank", "report", "confirm@prose", "infer",
-                                                       "select", "report_weights"}, ran
+            assert set(stages_run(out)) - set(ran) == {"evaluate_base", "proxy", "rank", "report", "confirm@prose", "advise",
+                                                       "infer", "select", "report_weights"}, ran
         assert json.loads(dvc(clone, "status", "--json").stdout) == {}
         # seeds make runs reproducible: from scratch, every model and metric came out bit for bit
         # what the first run made (dvc.lock holds each output's hash), so git sees no change
