@@ -26,12 +26,10 @@ import logging
 import os
 from pathlib import Path
 
-import numpy as np
-
 from pipeline.params.core import StageParams
 from pipeline.params.data import PrepareConfig
 from pipeline.params.recommend import RecommendConfig, TargetSpec
-from pipeline.lib.encode import encode_documents, even_share
+from pipeline.lib.encode import even_share, pack_documents, tokenize_documents
 from pipeline.lib.models import load_tokenizer
 from pipeline.lib.outputs import RunRecord, atomic_dir, made_by, read_json, write_json
 from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
@@ -159,11 +157,11 @@ def gather_target(name: str, spec: TargetSpec, cfg: Params, corpus: Path, tokeni
         entry = {"weight": weight / total, "origin": origin}
         cap = max(MIN_TOKENS, round(cfg.recommend.max_tokens * weight / total))  # a target's parts stay max_tokens long
         for part, docs in split_parts(rows, f"{name}/{domain}", cfg.recommend.dev_fraction).items():
-            texts, share = [r["text"] for r in docs], None
-            if cfg.recommend.min_doc_tokens is not None:
-                share = even_share(np.diff(encode_documents(tokenizer, texts)[1]), cap, cfg.recommend.min_doc_tokens)
-            ids, starts, nbytes = encode_documents(tokenizer, texts, cap, share,
-                                                   [unit(f"span/{name}/{domain}/{r['id']}") for r in docs])
+            encoded, share = tokenize_documents(tokenizer, [r["text"] for r in docs]), None
+            if cfg.recommend.min_doc_tokens is not None:  # each document's length with its end-of-text token
+                share = even_share([len(ids) + 1 for _, ids, _ in encoded], cap, cfg.recommend.min_doc_tokens)
+            ids, starts, nbytes = pack_documents(encoded, tokenizer.eos_token_id, cap, share,
+                                                 [unit(f"span/{name}/{domain}/{r['id']}") for r in docs])
             (out / part).mkdir(parents=True, exist_ok=True)
             write_token_file(out / part / domain, ids.astype("uint32"), starts, nbytes,
                              {"target": name, "domain": domain, "part": part, "dtype": "uint32", "eos_id": tokenizer.eos_token_id})

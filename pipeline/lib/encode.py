@@ -2,7 +2,7 @@
 
 :func:`bytes_per_token` counts the UTF-8 bytes of text each token adds (bits-per-byte divides by
 their sum: one way of counting bytes for every token file). :func:`encode_documents` turns a list of
-documents into one flat array in the layout of :mod:`pipeline.lib.tokens`: each document preceded
+documents (:func:`tokenize_documents`, then :func:`pack_documents`) into one flat array in the layout of :mod:`pipeline.lib.tokens`: each document preceded
 by the end-of-text token (which adds no bytes), its start in a document index, whole documents up to
 a token cap (the last one cut at a token boundary), or each document cut to a span of at most
 ``doc_cap`` tokens at a given place in it. :func:`even_share` is the ``doc_cap`` that spreads a token
@@ -34,17 +34,23 @@ def bytes_per_token(text: str, offsets: list) -> list[int]:
     return counts.tolist()
 
 
-def encode_documents(tokenizer, texts: Sequence[str], cap: int | None = None, doc_cap: int | None = None,
-                     span_at: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(ids, doc_starts, token_bytes)`` of ``texts``: int64 ids, ``documents + 1`` starts, per-token bytes.
+def tokenize_documents(tokenizer, texts: Sequence[str]) -> list[tuple[str, list[int], list]]:
+    """Each document as ``(text, ids, offsets)``: its token ids (no end-of-text token) and their
+    character spans, for :func:`pack_documents` (its length in tokens, for :func:`even_share`)."""
+    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    return list(zip(texts, enc["input_ids"], enc["offset_mapping"]))
+
+
+def pack_documents(docs: Sequence[tuple[str, list[int], list]], eot: int, cap: int | None = None, doc_cap: int | None = None,
+                   span_at: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids, doc_starts, token_bytes)`` of :func:`tokenize_documents`'s ``docs``: int64 ids, ``documents + 1``
+    starts, per-token bytes, each document preceded by ``eot``; at most ``cap`` tokens in all.
 
     With ``doc_cap``, a document longer than that (its end-of-text token included) keeps a contiguous
     span of it: the span starts at fraction ``span_at[i]`` (in [0, 1)) of the positions it could start
     at, 0 (the default) being the document's first tokens."""
-    eot = tokenizer.eos_token_id
-    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
     ids_out, bytes_out, lengths, total = [], [], [], 0
-    for i, (text, ids, offsets) in enumerate(zip(texts, enc["input_ids"], enc["offset_mapping"])):
+    for i, (text, ids, offsets) in enumerate(docs):
         nbytes = bytes_per_token(text, offsets)
         if doc_cap is not None and len(ids) > doc_cap - 1:
             start = int((span_at[i] if span_at is not None else 0.0) * (len(ids) - (doc_cap - 1) + 1))
@@ -62,6 +68,12 @@ def encode_documents(tokenizer, texts: Sequence[str], cap: int | None = None, do
         total += len(ids)
     starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
     return np.asarray(ids_out, dtype=np.int64), starts, np.asarray(bytes_out, dtype=np.int64)
+
+
+def encode_documents(tokenizer, texts: Sequence[str], cap: int | None = None, doc_cap: int | None = None,
+                     span_at: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`pack_documents` of :func:`tokenize_documents`, the end-of-text token the tokenizer's."""
+    return pack_documents(tokenize_documents(tokenizer, texts), tokenizer.eos_token_id, cap, doc_cap, span_at)
 
 
 def even_share(lengths: Sequence[int], budget: int, least: int) -> int | None:
