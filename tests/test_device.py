@@ -155,9 +155,10 @@ def test_bf16_train_trains_in_bf16_and_scores_in_fp32(tmp_path, device):
 def test_checkpoints_saved_in_bfloat16_are_bfloat16_and_merge(tmp_path):
     """save_dtype bfloat16: the weights file holds BF16 tensors, the record says so, and a pool of such
     shards merges into an fp32 resident model as fp32 shards do, to bfloat16's precision."""
+    from pipeline.lib.checkpoint import read_header
     from pipeline.lib.merging import merge_into
     from pipeline.lib.models import load_model, save_model
-    from pipeline.lib.pool import ShardPool, read_header
+    from pipeline.lib.pool import ShardPool
 
     place = Placement(torch.device("cpu"), "fp32", "bfloat16")
     seed = tiny_llama(hidden=32)

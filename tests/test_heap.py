@@ -5,6 +5,11 @@ not glibc leaves everything as it was."""
 from __future__ import annotations
 
 import ctypes
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,20 +43,42 @@ def mapped_while_held(nbytes: int = BIG) -> int:
     return grown
 
 
+def fresh(code: str) -> list:
+    """Run ``code`` in a fresh interpreter (``heap`` and :func:`mapped_while_held` imported; it prints
+    a JSON list last) and return that list. In this process, a free block of 96 MB that an earlier
+    test left inside the heap would serve the next one without a mapping, whatever the settings."""
+    mapped_bytes()  # skips where glibc has no mallinfo2
+    prelude = "import json\nfrom pipeline.lib import heap\nfrom tests.test_heap import mapped_while_held\n"
+    done = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_large_blocks_come_from_the_heap_inside_and_are_mapped_outside():
-    assert mapped_while_held() >= BIG  # glibc's default: a fresh mapping
-    with heap.kept_heap() as active:
-        assert active
-        assert mapped_while_held() == 0
-    assert mapped_while_held() >= BIG  # the defaults are back
+    before, inside, after = fresh("""
+        before = mapped_while_held()
+        with heap.kept_heap() as active:
+            assert active
+            inside = mapped_while_held()
+        print(json.dumps([before, inside, mapped_while_held()]))
+    """)
+    assert before >= BIG  # glibc's default: a fresh mapping
+    assert inside == 0
+    assert after >= BIG  # the defaults are back
 
 
 def test_blocks_nest_and_only_the_outermost_restores():
-    with heap.kept_heap():
-        with heap.kept_heap() as inner:
-            assert inner
-        assert mapped_while_held() == 0  # the inner block's end left the setting alone
-    assert mapped_while_held() >= BIG
+    inner_active, between, after = fresh("""
+        with heap.kept_heap():
+            with heap.kept_heap() as inner:
+                pass
+            between = mapped_while_held()
+        print(json.dumps([inner, between, mapped_while_held()]))
+    """)
+    assert inner_active
+    assert between == 0  # the inner block's end left the setting alone
+    assert after >= BIG
 
 
 def runs_inside_kept_heap(fn) -> bool:

@@ -145,6 +145,29 @@ def test_merge_into_equals_reference_average(ckpts, impl):
                 assert torch.equal(b, seed_buffers[n]), n
 
 
+def test_a_kept_pool_merges_each_tensor_in_one_call_to_the_same_bits(tmp_path: Path, monkeypatch):
+    import pipeline.lib.merging as merging
+    from pipeline.lib.models import load_model
+
+    base, shards = make_checkpoints(tmp_path, k=2, hidden=64)  # tensors of more than one chunk (CHUNK_ALIGN elements)
+    calls = []
+    real = merging.multi_weighted_sum
+    monkeypatch.setattr(merging, "multi_weighted_sum", lambda xs, *a, **k: calls.append(xs[0].numel()) or real(xs, *a, **k))
+    got = {}
+    for kept in (False, True):
+        model = load_model(base)
+        with ShardPool(shards, seed=base) as pool:
+            if kept:
+                pool.keep_mapped()
+            calls.clear()
+            merge_into(model, [0.3, 0.7], pool, chunk_bytes=4096)
+        got[kept] = {n: p.detach().clone() for n, p in model.named_parameters()}
+        numels = [p.numel() for p in {id(p): p for p in model.parameters()}.values()]
+        assert (sorted(calls) == sorted(numels)) == kept, kept  # dropped behind: in chunks of 4096 elements
+    for n, t in got[False].items():
+        assert torch.equal(t, got[True][n]), n
+
+
 def test_untied_model_merges_its_head(tmp_path: Path):
     from pipeline.lib.models import load_model
 

@@ -106,6 +106,34 @@ def test_release_returns_mapped_pages(tmp_path: Path):
     assert touched - after > 24_000, (touched, after)
 
 
+def test_a_kept_pool_keeps_its_pages_and_reads_tensors_whole(tmp_path: Path, monkeypatch):
+    big = torch.randn(8 << 20)  # 32 MB
+    (tmp_path / "a").mkdir()
+    save_file({"w": big}, tmp_path / "a" / "model.safetensors")
+    with ShardPool({"a": tmp_path / "a"}) as pool:
+        cpu = torch.device("cpu")
+        assert not pool.reads_whole(cpu)
+        monkeypatch.setattr(pool, "fits", lambda device, also=0: True)
+        assert pool.hold(cpu) and pool.kept and pool.reads_whole(cpu) and not pool.reads_whole(torch.device("meta"))
+        assert pool.device == "cpu"  # no copy: views are still the file's mapping
+        before = rss_file_kb()
+        assert float(pool.view(0, "w").sum()) == pytest.approx(float(big.sum()), rel=1e-4)
+        pool.release("w")
+        pool.release_all()
+        after = rss_file_kb()
+    assert after - before > 24_000, (before, after)  # the pages stayed
+
+
+def test_hold_keeps_nothing_where_the_shards_do_not_fit(ckpts, monkeypatch):
+    import pipeline.lib.device as device
+
+    base, shards = ckpts
+    with ShardPool(shards, seed=base) as pool:
+        monkeypatch.setattr(device, "host_free_bytes", lambda *a, **k: int(pool.nbytes / device.MEMORY_SHARE) + 1024)
+        assert pool.fits(torch.device("cpu")) and not pool.fits(torch.device("cpu"), also=2048)
+        assert not pool.hold(torch.device("cpu"), also=2048) and not pool.kept
+
+
 def test_missing_checkpoint_names_file_and_fix(ckpts):
     base, shards = ckpts
     shutil.rmtree(shards["s1"])

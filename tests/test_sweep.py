@@ -126,18 +126,21 @@ def test_the_seed_and_shard_rows_score_as_the_checkpoints_themselves(project):
             assert have[d]["ppl"] == pytest.approx(round(want[d]["ppl"], 4), rel=1e-6), (name, d)
 
 
-def test_shards_copied_into_memory_score_as_the_mapped_files(project, monkeypatch, caplog):
+def test_shards_kept_in_memory_score_as_the_files_read_and_dropped(project, monkeypatch, caplog):
     from pipeline.lib import sweep
+    from pipeline.lib.pool import ShardPool
 
     seed, shards, sets = project
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(sweep, "host_free_bytes", lambda: 0)  # no room: every pass reads the mapped files
+    monkeypatch.setattr(ShardPool, "fits", lambda self, device, also=0: False)  # no room: every pass reads the files
     mapped = sweep.score_all(MIXES, shards, seed, sets, 4, at_once=2)
-    assert "resident on cpu" not in caplog.text
-    monkeypatch.setattr(sweep, "host_free_bytes", lambda: 1 << 40)
-    resident = sweep.score_all(MIXES, shards, seed, sets, 4, at_once=2)
-    assert "the 4 checkpoints are resident on cpu" in caplog.text  # 3 shards and the seed
-    assert _ppl(resident) == _ppl(mapped)
+    assert "the 4 checkpoints (" in caplog.text and "do not fit" in caplog.text  # 3 shards and the seed
+    assert "stay mapped" not in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(ShardPool, "fits", lambda self, device, also=0: True)
+    kept = sweep.score_all(MIXES, shards, seed, sets, 4, at_once=2)
+    assert "stay mapped in memory once read" in caplog.text
+    assert _ppl(kept) == _ppl(mapped)
 
 
 def test_a_model_whose_blocks_cannot_be_walked_is_a_clear_error(tmp_path):

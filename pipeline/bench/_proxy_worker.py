@@ -100,18 +100,14 @@ def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, 
     from pipeline.lib.models import count_params, load_model
     from pipeline.lib.pool import ShardPool
     from pipeline.lib.scoring import evaluate
-    from pipeline.lib.sweep import shards_fit
 
     place = _place(spec)
     seed, shards = Path(spec["seed"]), [Path(s) for s in spec["shards"]]
     model = load_model(seed).to(place.device)
     pool = ShardPool({p.name: p for p in shards}, seed=seed)
     m = spec.get("at_once", 1)
-    # the proxy stage's policy (shards copied into memory when they fit), unless told to read the files
-    loaded = method == "ours" and spec.get("read") != "mapped" and shards_fit(pool, place.device, also=2 * 4 * count_params(model))
-    if loaded:
-        pool.load_to(place.device)
-    spec["shards_resident"] = loaded
+    # the proxy stage's policy (shards held in memory where they fit), unless told to read and drop the files
+    spec["shards_resident"] = method == "ours" and spec.get("read") != "mapped" and pool.hold(place.device, also=2 * 4 * count_params(model))
     models = [model] + [copy.deepcopy(model) for _ in range(m - 1)]
     if m > 1:  # one group is all there is to time: warm the merge and the evaluation first (the median does it for M = 1)
         first = spec["mixtures"][:m]

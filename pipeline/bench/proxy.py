@@ -23,9 +23,10 @@ windows of real text, each method in its own subprocess (peak RSS = that process
   instead of zero-copy ``torch.frombuffer`` views over ``mmap`` (the read-path comparison).
 - ``eval_only``: the resident model evaluated with no merging: the floor for time and memory.
 
-``ours`` and the RSS runs read the shards from their memory-mapped files (``read: mapped``);
-``resident_m1`` and the M runs below follow the proxy stage's policy, which copies the shards into
-memory once when they fit (``shards_resident`` in each worker's result).
+``ours`` and the RSS runs read the shards from their memory-mapped files and drop their pages
+behind them (``read: mapped``, resident memory bounded at one model); ``resident_m1`` and the M
+runs below follow the proxy stage's policy, which holds the shards in memory when they fit (on the
+CPU their mapped pages kept, on a GPU a copy: ``shards_resident`` in each worker's result).
 M mixtures per pass (``s_per_mixture_by_m``): ours with M = 8, 16, 32 resident models merged per
 pass over the shards (where M models beside the shards and their cached pages fit in memory) and
 layer-streamed (``stream: layers``, :mod:`pipeline.lib.layerstream`) at the same M. The machine's
@@ -135,8 +136,8 @@ def bench(args) -> dict:
     import random
 
     from pipeline.lib.device import host_free_bytes
-    from pipeline.lib.pool import Checkpoint
-    from pipeline.lib.sweep import MEMORY_SHARE
+    from pipeline.lib.checkpoint import Checkpoint
+    from pipeline.lib.device import MEMORY_SHARE
 
     root = CACHE / "bench_proxy"
     quick = args.quick
@@ -170,7 +171,7 @@ def bench(args) -> dict:
     res = {meth: _run_method(meth, spec(k, read="mapped")) for meth in methods}
     multi = {"resident_m1": run_worker("ours", spec(k))}  # the stage's policy: shards in memory when they fit
     for mm in (2, 4) if quick else MULTI_M:
-        if (mm + 2 * k) * 4 * params <= MEMORY_SHARE * host_free_bytes():  # M models, the shards and their cached pages
+        if (mm + k) * 4 * params <= MEMORY_SHARE * host_free_bytes():  # M models and the shards' pages kept mapped
             multi[f"resident_m{mm}"] = run_worker("ours", spec(k, count=mm, at_once=mm))
         else:
             multi[f"resident_m{mm}"] = {"error": f"{mm} resident models + {k} shards' pages do not fit in memory here"}

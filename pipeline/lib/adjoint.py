@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pipeline.kernels import multi_dot
-from pipeline.lib.merging import CHUNK_ALIGN, CHUNK_BYTES, merge_plan
+from pipeline.lib.merging import CHUNK_BYTES, chunk_step, merge_plan
 from pipeline.lib.runtime import StageError
 
 if TYPE_CHECKING:
@@ -39,7 +39,9 @@ def merge_grad(model: torch.nn.Module, pool: ShardPool, *, impl: str = "auto", c
             g = p.grad.detach().reshape(-1)
             views = [v.view(-1) for v in pool.views(src)]
             n = g.numel()
-            step = max(1, chunk_bytes // (len(views) * views[0].element_size()) // CHUNK_ALIGN) * CHUNK_ALIGN
+            # the same chunks wherever the shards are: the fp64 sums' order, so the result, does not
+            # depend on how much memory was free (a merge's result never does: it is elementwise)
+            step = chunk_step(chunk_bytes, len(views), views[0].element_size())
             for a in range(0, n, step):
                 b = min(n, a + step)
                 dots += multi_dot([v[a:b].to(g.device) for v in views], g[a:b], impl=impl).cpu()

@@ -33,6 +33,8 @@ from pipeline.lib.runtime import StageError, configure_threads
 log = logging.getLogger(__name__)
 
 FIX = "set device: cpu, or auto (the GPU where torch sees one, else the CPU)"
+HEADROOM = 0.15  # share of a GPU's memory kept free for evaluation when shard checkpoints are put there
+MEMORY_SHARE = 0.8  # share of the free memory that at_once: auto and resident shards may fill
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ written once; buffers are never touched, so they stay as the resident (seed) mod
 shard tensor once; :func:`merge_tensors` for any M lists of ``(checkpoint name, tensor)`` targets
 (layer-streamed evaluation merges one decoder block of M mixtures at a time with it). Shard
 tensors on another device than the models (memory-mapped files for a model on the GPU) are copied
-over chunk by chunk; a pool resident on the models' device is read in place.
+over chunk by chunk; a pool resident on the models' device, or whose mapped pages are kept on the
+CPU, is read in place, each tensor in one kernel call.
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ from pipeline.lib.runtime import StageError
 if TYPE_CHECKING:
     from pipeline.lib.pool import ShardPool
 
-CHUNK_BYTES = 64 << 20  # shard bytes read per fused-kernel call (bounds resident mmap pages)
+CHUNK_BYTES = 64 << 20  # shard bytes read per fused-kernel call from files whose pages are dropped behind
 # Chunk lengths are multiples of this many elements, so that a chunk of an aligned tensor starts
 # aligned (the kernels' vector paths need 16-byte alignment; 4096 elements is a 4 KiB page at least).
 CHUNK_ALIGN = 4096
+
+
+def chunk_step(chunk_bytes: int, k: int, itemsize: int) -> int:
+    """Elements of each of ``k`` inputs per kernel call so that a call reads about ``chunk_bytes``
+    (a multiple of :data:`CHUNK_ALIGN`, at least one)."""
+    return max(1, chunk_bytes // (k * itemsize) // CHUNK_ALIGN) * CHUNK_ALIGN
 
 
 def check_target(pool: ShardPool, src: str, p: torch.Tensor) -> None:
@@ -97,8 +104,9 @@ def merge_tensors(plans: Sequence[Sequence[tuple[str, torch.Tensor]]], weights: 
 
     ``plans`` holds one list per weight row, the same checkpoint names in the same order (the
     targets differ: M models, or M copies of one decoder block); see :func:`merge_plan` and
-    :func:`check_target`. Each shard tensor is read once for all M rows, chunk by chunk, and its
-    mapped pages are dropped after use. With ``first_row`` each ``dst`` receives the rows of
+    :func:`check_target`. Each shard tensor is read once for all M rows: whole where the pool holds
+    the shards in memory (:meth:`ShardPool.reads_whole`), else chunk by chunk, its mapped pages
+    dropped after use. With ``first_row`` each ``dst`` receives the rows of
     ``src`` (along its first dimension) from that one on, as many as ``dst`` holds: a vocabulary
     tile of an embedding, say.
     """
@@ -124,7 +132,7 @@ def merge_tensors(plans: Sequence[Sequence[tuple[str, torch.Tensor]]], weights: 
             off = first_row * (views[0].numel() // shape[0] if shape else 1)
             if off + n > views[0].numel():
                 raise ValueError(f"{src}: {n} elements from row {first_row} run past its {list(shape)}")
-            step = max(1, chunk_bytes // (len(ks) * views[0].element_size()) // CHUNK_ALIGN) * CHUNK_ALIGN
+            step = n if pool.reads_whole(device) else chunk_step(chunk_bytes, len(ks), views[0].element_size())
             for a in range(off, off + n, step):
                 b = min(off + n, a + step)
                 multi_weighted_sum([v[a:b].to(device) for v in views], w, [o[a - off:b - off] for o in outs], impl=impl)

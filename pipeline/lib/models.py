@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from pipeline.lib.outputs import atomic_dir, write_json
-from pipeline.lib.pool import Checkpoint
+from pipeline.lib.checkpoint import Checkpoint
 from pipeline.lib.runtime import StageError
 
 if TYPE_CHECKING:  # the model section, only read here

@@ -1,9 +1,8 @@
 """ShardPool: K shard checkpoints opened lazily as memory-mapped safetensors, validated up front.
 
-A checkpoint is a Hugging Face model folder: ``model.safetensors`` (or the shards listed in
-``model.safetensors.index.json``) and ``config.json``. Opening a pool reads only the JSON headers
-of the weight files (a few KB each): every tensor's name, dtype, shape and byte range. Before any
-tensor is read, the pool checks that
+Each checkpoint is a :class:`~pipeline.lib.checkpoint.Checkpoint` (a Hugging Face model folder).
+Opening a pool reads only the JSON headers of the weight files. Before any tensor is read, the pool
+checks that
 
 - every weight file exists and is as long as its header says (else: truncated),
 - each shard's ``config.json`` describes the same architecture as the seed's,
@@ -12,28 +11,31 @@ tensor is read, the pool checks that
 and a failure is a :class:`~pipeline.lib.runtime.StageError` that names the tensor (or config key),
 the two files involved and the fix.
 
-Tensors are then read zero-copy: each weight file is mapped once (``mmap``, private,
-copy-on-write, so nothing can ever write to the file) on first use, and :meth:`ShardPool.views`
-returns ``torch.frombuffer`` views at the offsets of the header, without reading whole models
+Tensors are then read zero-copy: :meth:`ShardPool.views` returns ``torch.frombuffer`` views over
+each weight file's mapping at the offsets of the header, without reading whole models
 (``safetensors.safe_open(...).get_tensor`` copies each tensor into fresh memory instead; see
 ``python -m pipeline.bench proxy``). Pages that were read stay in the OS page cache but count in
 this process's resident memory until :meth:`ShardPool.release` drops them (``madvise``), which
-keeps the peak at one model plus the chunk being merged, whatever K is.
+keeps the peak at one model plus the chunk being merged, whatever K is. Dropped pages are faulted
+in again by the next pass, which halves the speed a merge reads them at
+(``python -m pipeline.bench merge``: ``mmap_gbps`` against ``mmap_kept_gbps``).
 
-On a GPU with room for them, :meth:`ShardPool.load_to` copies every shard's tensors into device
-memory once; views are then those device tensors, and a merge reads device memory, not the files.
+Where the shards fit in memory, :meth:`ShardPool.hold` keeps them there: on the CPU
+(:meth:`ShardPool.keep_mapped`) every mapped page stays mapped for the pool's life (no copy: the
+pages are the page cache's, file-backed and clean, so the kernel can still reclaim them; they count
+in RSS as file pages), and a merge reads them at the kernel's speed; on a GPU
+(:meth:`ShardPool.load_to`) every shard's tensors are copied into device memory once, and views are
+then those device tensors.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import mmap
-import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.lib.checkpoint import CONFIG, WEIGHTS, Checkpoint, TensorInfo, itemsize, tensor_view
 from pipeline.lib.runtime import StageError
 
 if TYPE_CHECKING:
@@ -41,130 +43,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "model.safetensors"
-INDEX = "model.safetensors.index.json"
-CONFIG = "config.json"
-MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header (100 MB)
 FAULT_AROUND = 64 << 10  # Linux maps up to this much around a faulting page of a file mapping
 # config.json keys that say how a folder was saved or used, not what the network computes.
 CONFIG_IGNORED = frozenset({"transformers_version", "_name_or_path", "_model_name_or_path", "dtype", "torch_dtype",
                             "use_cache", "architectures", "quantization_config", "_commit_hash", "output_attentions",
                             "output_hidden_states", "return_dict", "pad_token_id", "bos_token_id", "eos_token_id",
                             "generation_config", "transformers.js_config"})
-_DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives: ``file`` bytes ``[start, end)`` hold ``shape`` elements of ``dtype``."""
-
-    name: str
-    dtype: str  # safetensors code: F32, BF16, ...
-    shape: tuple[int, ...]
-    file: Path
-    start: int  # absolute byte offsets in ``file``
-    end: int
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-
-def read_header(path: Path, fix: str) -> dict[str, TensorInfo]:
-    """Parse one safetensors file's header; check the file holds every byte the header promises.
-
-    Raises StageError naming ``path`` and ``fix`` when the file is missing, not safetensors, or
-    truncated. Reads only the first 8 + header-length bytes.
-    """
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise StageError(f"{path}: truncated ({size} bytes, not even a safetensors header); {fix}")
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER or 8 + n > size:
-                raise StageError(f"{path}: truncated or not a safetensors file (header of {n} bytes, file of {size}); {fix}")
-            raw = f.read(n)
-    except FileNotFoundError:
-        raise StageError(f"{path}: not found; {fix}") from None
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StageError(f"{path}: the safetensors header is not valid JSON ({e}); {fix}") from None
-    if not isinstance(header, dict):
-        raise StageError(f"{path}: the safetensors header is not a JSON object; {fix}")
-    base, out = 8 + n, {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            lo, hi = (int(x) for x in e["data_offsets"])
-            info = TensorInfo(name, str(e["dtype"]), tuple(int(s) for s in e["shape"]), path, base + lo, base + hi)
-        except (KeyError, TypeError, ValueError):
-            raise StageError(f"{path}: malformed header entry for tensor {name!r}; {fix}") from None
-        if info.dtype not in _DTYPE_NAMES:
-            raise StageError(f"{path}: tensor {name} has dtype {info.dtype}, which shardmix cannot merge; {fix}")
-        if info.end > size:
-            raise StageError(f"{path}: truncated: tensor {name} needs bytes up to {info.end} but the file has {size}; {fix}")
-        if hi - lo != info.numel * _itemsize(info.dtype):
-            raise StageError(f"{path}: tensor {name} spans {hi - lo} bytes, not {info.numel} x {info.dtype}; {fix}")
-        out[name] = info
-    return out
-
-
-def _itemsize(code: str) -> int:
-    return {"F64": 8, "I64": 8, "F32": 4, "I32": 4, "F16": 2, "BF16": 2, "I16": 2}.get(code, 1)
-
-
-class Checkpoint:
-    """One model folder's weights and config, headers read at once, data mapped on demand."""
-
-    def __init__(self, folder: str | Path, fix: str):
-        self.folder, self.fix = Path(folder), fix
-        if not self.folder.is_dir():
-            raise StageError(f"{self.folder}: checkpoint folder not found; {fix}")
-        index = self.folder / INDEX
-        if (self.folder / WEIGHTS).exists() or not index.exists():
-            files = [self.folder / WEIGHTS]
-        else:
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise StageError(f"{index}: not a valid safetensors index ({e!r}); {fix}") from None
-            files = [self.folder / f for f in sorted(set(weight_map.values()))]
-        self.tensors: dict[str, TensorInfo] = {}
-        for f in files:
-            self.tensors.update(read_header(f, fix))
-        self.config: dict | None = None
-        cfg = self.folder / CONFIG
-        if cfg.is_file():
-            try:
-                self.config = json.loads(cfg.read_text())
-            except json.JSONDecodeError as e:
-                raise StageError(f"{cfg}: not valid JSON ({e}); {fix}") from None
-        self._maps: dict[Path, mmap.mmap] = {}
-
-    def map(self, path: Path) -> mmap.mmap:
-        """The private, copy-on-write mapping of one weight file (made on first use)."""
-        m = self._maps.get(path)
-        if m is None:
-            with open(path, "rb") as f:
-                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-            self._maps[path] = m
-        return m
-
-    def close(self) -> None:
-        for m in self._maps.values():
-            try:
-                m.close()
-            except BufferError:  # a tensor view is still alive: the mapping goes with it
-                pass
-        self._maps.clear()
 
 
 class ShardPool:
@@ -190,6 +74,7 @@ class ShardPool:
         self.checkpoints = [Checkpoint(path, fix.format(shard=name)) for name, path in shards.items()]
         self._validate()
         self._resident: dict[tuple[int, str], torch.Tensor] = {}
+        self.kept = False  # keep_mapped(): pages once read stay mapped, release is a no-op
 
     @property
     def reference(self) -> Checkpoint:
@@ -241,9 +126,57 @@ class ShardPool:
         """Copy every shard tensor to ``device`` once; views are then those copies (never write to them)."""
         for k, ck in enumerate(self.checkpoints):
             for name, info in ck.tensors.items():
-                t = _view(ck, info)
+                t = tensor_view(ck, info)
                 self._resident[k, name] = t.to(device, copy=True)  # a copy on the CPU too: the mapping is closed below
             ck.close()  # the copies hold the data now; a later view of the file maps it again
+
+    def keep_mapped(self) -> None:
+        """Keep every page of the weight files mapped once read, for the rest of the pool's life: later
+        passes read them at the kernel's speed instead of faulting them in again, and :meth:`release`
+        does nothing. Costs no copy: the pages are the page cache's (clean, file-backed, reclaimable by
+        the kernel under memory pressure), but resident memory grows to the K files' bytes as they are
+        read. For shards that fit in memory (:meth:`hold`)."""
+        self.kept = True
+
+    def fits(self, device: torch.device, also: int = 0) -> bool:
+        """Whether the K checkpoints (plus ``also`` bytes) fit in ``device``'s free memory: on a GPU
+        with :data:`~pipeline.lib.device.HEADROOM` of its memory to spare, on the CPU within
+        :data:`~pipeline.lib.device.MEMORY_SHARE` of what is free
+        (:func:`~pipeline.lib.device.host_free_bytes`)."""
+        import torch
+
+        from pipeline.lib.device import HEADROOM, MEMORY_SHARE, host_free_bytes
+
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+            return self.nbytes + also <= free - HEADROOM * total
+        return self.nbytes + also <= MEMORY_SHARE * host_free_bytes()
+
+    def hold(self, device: torch.device, also: int = 0) -> bool:
+        """Keep the K checkpoints where merges onto ``device`` read them fastest, if they fit there beside
+        ``also`` bytes (:meth:`fits`): on a GPU copied into its memory once (:meth:`load_to`), on the CPU
+        their mapped pages kept (:meth:`keep_mapped`: no copy). Returns whether it did; if not, every
+        merge reads the mapped files chunk by chunk and drops their pages behind it."""
+        if not self.fits(device, also):
+            log.info("the %d checkpoints (%.2f GB) do not fit in the free memory of %s beside %.2f GB: every merge reads "
+                     "them from their files", len(self), self.nbytes / 1e9, device, also / 1e9)
+            return False
+        if device.type == "cpu":
+            self.keep_mapped()
+            log.info("the %d checkpoints (%.2f GB) stay mapped in memory once read", len(self), self.nbytes / 1e9)
+        else:
+            self.load_to(device)
+            log.info("the %d checkpoints (%.2f GB) are resident on %s", len(self), self.nbytes / 1e9, device)
+        return True
+
+    def reads_whole(self, device: torch.device) -> bool:
+        """Whether a merge into tensors on ``device`` (a tensor's ``.device``) may read each shard tensor
+        whole, in one kernel call: the shards are copies on that device (:meth:`load_to`) or, on the
+        CPU, pages kept mapped (:meth:`keep_mapped`). Otherwise a merge goes chunk by chunk, dropping or
+        copying each chunk's pages."""
+        if self._resident:
+            return self.device == str(device)
+        return self.kept and device.type == "cpu"
 
     @property
     def device(self) -> str:
@@ -256,7 +189,7 @@ class ShardPool:
         resident = self._resident.get((k, name))
         if resident is not None:
             return resident
-        return _view(self.checkpoints[k], self.checkpoints[k].tensors[name])
+        return tensor_view(self.checkpoints[k], self.checkpoints[k].tensors[name])
 
     def views(self, name: str, ks: list[int] | None = None) -> list[torch.Tensor]:
         """Tensor ``name`` of shards ``ks`` (default: all K), as zero-copy views."""
@@ -266,24 +199,29 @@ class ShardPool:
         """The seed's tensor ``name`` (zero-copy); needs a pool opened with ``seed``."""
         if self.seed is None:
             raise ValueError("this pool was opened without a seed model")
-        return _view(self.seed, self.seed.tensors[name])
+        return tensor_view(self.seed, self.seed.tensors[name])
 
     def release(self, name: str, ks: list[int] | None = None, start: int = 0, stop: int | None = None) -> None:
         """Drop the pages of elements ``[start, stop)`` of tensor ``name`` (shards ``ks``) from this
         process's resident memory. Views stay valid: a later read faults the pages back in from the
-        page cache. ``ks=[-1]`` means the seed."""
+        page cache. ``ks=[-1]`` means the seed. Nothing to do for a pool that :meth:`keep_mapped`."""
+        if self.kept:
+            return
         for k in range(len(self.checkpoints)) if ks is None else ks:
             if (k, name) in self._resident:
                 continue
             ck = self.seed if k == -1 else self.checkpoints[k]
             info = ck.tensors[name]
-            item = _itemsize(info.dtype)
+            item = itemsize(info.dtype)
             lo = info.start + start * item
             hi = info.end if stop is None else min(info.end, info.start + stop * item)
             _drop(ck.map(info.file), lo, hi)
 
     def release_all(self) -> None:
-        """Drop every mapped page of every open weight file from this process's resident memory."""
+        """Drop every mapped page of every open weight file from this process's resident memory (not
+        for a pool that :meth:`keep_mapped`)."""
+        if self.kept:
+            return
         for ck in [*self.checkpoints, *([self.seed] if self.seed else [])]:
             for m in ck._maps.values():
                 _drop(m, 0, len(m))
@@ -301,18 +239,6 @@ class ShardPool:
 
     def __len__(self) -> int:
         return len(self.checkpoints)
-
-
-def _view(ck: Checkpoint, info: TensorInfo) -> torch.Tensor:
-    import torch
-
-    dtype = getattr(torch, _DTYPE_NAMES[info.dtype])
-    if info.numel == 0:
-        return torch.empty(info.shape, dtype=dtype)
-    m = ck.map(info.file)
-    if info.start % _itemsize(info.dtype):  # unaligned (not written by the safetensors library): copy
-        return torch.frombuffer(bytearray(m[info.start:info.end]), dtype=dtype).view(info.shape)
-    return torch.frombuffer(m, dtype=dtype, count=info.numel, offset=info.start).view(info.shape)
 
 
 def _drop(m: mmap.mmap, lo: int, hi: int) -> None:

@@ -15,11 +15,12 @@ Rows go in groups of M (``at_once``), each shard tensor read once per group:
 memory that is free where they live (:meth:`Placement.free_bytes`), at most the number of rows;
 an explicit M that does not fit is a StageError naming the key.
 
-With ``stream: resident`` the pool's checkpoints are copied once into the models' memory (RAM, or
-the GPU's) when they fit there beside two models and the evaluation (:func:`shards_fit`): every
-pass then reads memory at the merge kernel's speed. Otherwise each pass reads the memory-mapped
-files (on a GPU, copied over chunk by chunk), whose pages are mapped and dropped again on every
-pass: 0.65x the kernel's speed on this machine's CPU (``python -m pipeline.bench merge``).
+With ``stream: resident`` the pool's checkpoints stay in the models' memory when they fit there
+beside two models and the evaluation (:meth:`ShardPool.hold`): on a GPU copied there once, on the
+CPU their mapped file pages kept (no copy), so every pass reads memory at the merge kernel's speed.
+Otherwise each pass reads the memory-mapped files (on a GPU, copied over chunk by chunk), whose
+pages are mapped and dropped again on every pass: resident memory stays at the models', at about
+half the kernel's speed on this machine's CPU (``python -m pipeline.bench merge``: ``mmap_gbps``).
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
-from pipeline.lib.device import CPU, Placement, host_free_bytes
+from pipeline.lib.device import CPU, MEMORY_SHARE, Placement
 from pipeline.lib.layerstream import LayerStream
 from pipeline.lib.merging import merge_many_into
 from pipeline.lib.mixtures import Mixture
@@ -43,23 +42,11 @@ from pipeline.lib.runtime import StageError, progress
 from pipeline.lib.scoring import EvalSet, evaluate
 
 log = logging.getLogger(__name__)
-HEADROOM = 0.15  # share of the device's memory kept free for evaluation when the shards are made resident
-MEMORY_SHARE = 0.8  # share of the free memory at_once: auto fills
 SEED_COLUMN = "(seed)"  # the seed's name in the pool: cannot collide, shard names start with a letter or digit
 
 
 def _scores(result: dict[str, dict]) -> dict[str, dict[str, float]]:
     return {d: {"ppl": round(s["ppl"], 4), "bpb": round(s["bpb"], 5)} for d, s in result.items()}
-
-
-def shards_fit(pool: ShardPool, device: torch.device, also: int = 0) -> bool:
-    """Whether ``pool``'s checkpoints (plus ``also`` bytes) fit in ``device``'s free memory: on a
-    GPU with :data:`HEADROOM` of its memory to spare, on the CPU within :data:`MEMORY_SHARE` of
-    what is free (:func:`pipeline.lib.device.host_free_bytes`)."""
-    if device.type == "cuda":
-        free, total = torch.cuda.mem_get_info(device)
-        return pool.nbytes + also <= free - HEADROOM * total
-    return pool.nbytes + also <= MEMORY_SHARE * host_free_bytes()
 
 
 def working_bytes(config, sets: list[EvalSet], batch_size: int) -> int:
@@ -150,11 +137,11 @@ def _resident(pool, base, rows, sets, batch_size, at_once, impl, place, key):
     model = load_model(base).to(place.device)
     model_bytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values())
     work = working_bytes(model.config, sets, batch_size)
-    if shards_fit(pool, place.device, also=model_bytes + work):  # room for the shards and at least M = 2
-        pool.load_to(place.device)
-        log.info("proxy: the %d checkpoints are resident on %s (%.2f GB)", len(pool), place.device, pool.nbytes / 1e9)
-    # the first model is loaded already: the free memory is for the other M - 1 (+ evaluation)
-    m = resolve_at_once(at_once, len(rows), model_bytes, work, place.free_bytes() + model_bytes, key)
+    pool.hold(place.device, also=model_bytes + work)  # where there is room for the shards and at least M = 2
+    # the first model is loaded already: the free memory is for the other M - 1 (+ evaluation); shard
+    # pages kept mapped are page cache, which the free memory counts: M models must leave it be
+    free = place.free_bytes() + model_bytes - (pool.nbytes if pool.kept else 0)
+    m = resolve_at_once(at_once, len(rows), model_bytes, work, free, key)
     models = [model] + [copy.deepcopy(model) for _ in range(m - 1)]
     seconds = [0.0, 0.0]
 
