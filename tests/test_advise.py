@@ -93,3 +93,16 @@ def test_no_targets_gives_a_page_that_says_so(tmp_path):
     assert run(tmp_path, folder, params) == 0
     assert "No targets" in (tmp_path / "recommend.md").read_text()
     assert json.loads((tmp_path / "recommend.json").read_text())["proxy_vs_trained"] == {"spearman": None, "models": 0}
+
+
+def test_the_folder_advise_depends_on_is_in_git_even_without_targets():
+    """dvc.yaml's advise stage depends on the folder confirm fills, one file per target; with
+    ``recommend.targets: {}`` nothing fills it, and DVC refuses a missing dependency before the stage
+    runs ("No such file or directory"), so git keeps the folder in every clone."""
+    import subprocess
+
+    from tests.test_layout import REPO, STAGES
+
+    assert "metrics/recommend" in STAGES["advise"]["deps"]
+    tracked = subprocess.run(["git", "ls-files", "metrics/recommend/.gitkeep"], cwd=REPO, capture_output=True, text=True)
+    assert tracked.stdout.strip() == "metrics/recommend/.gitkeep"
