@@ -29,7 +29,7 @@ INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
 MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header (100 MB)
 DTYPE_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-                "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 @dataclass(frozen=True)
