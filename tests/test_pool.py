@@ -84,11 +84,11 @@ def test_sharded_checkpoint_with_index_is_read(tmp_path: Path):
             assert torch.equal(pool.view(0, name), ref[name])
 
 
-def rss_file_kb() -> int:
+def rss_file_kb(kind: str = "RssFile") -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
+        if line.startswith(f"{kind}:"):
             return int(line.split()[1])
-    pytest.skip("no RssFile in /proc/self/status")
+    pytest.skip(f"no {kind} in /proc/self/status")
 
 
 def test_release_returns_mapped_pages(tmp_path: Path):
@@ -115,13 +115,13 @@ def test_a_kept_pool_keeps_its_pages_and_reads_tensors_whole(tmp_path: Path, mon
         assert not pool.reads_whole(cpu)
         monkeypatch.setattr(pool, "fits", lambda device, also=0: True)
         assert pool.hold(cpu) and pool.kept and pool.reads_whole(cpu) and not pool.reads_whole(torch.device("meta"))
-        assert pool.device == "cpu"  # no copy: views are still the file's mapping
-        before = rss_file_kb()
+        before, anon = rss_file_kb(), rss_file_kb("RssAnon")
         assert float(pool.view(0, "w").sum()) == pytest.approx(float(big.sum()), rel=1e-4)
         pool.release("w")
         pool.release_all()
-        after = rss_file_kb()
+        after, anon_after = rss_file_kb(), rss_file_kb("RssAnon")
     assert after - before > 24_000, (before, after)  # the pages stayed
+    assert anon_after - anon < 8_000, (anon, anon_after)  # and nothing was copied
 
 
 def test_hold_keeps_nothing_where_the_shards_do_not_fit(ckpts, monkeypatch):
