@@ -231,6 +231,26 @@ def test_merge_tensors_from_a_row_writes_those_rows_and_no_further(ckpts):
             merge_tensors([[(name, torch.empty(7, width))]], rows[:1], pool, first_row=vocab - 6)
 
 
+@pytest.mark.parametrize("kept", [False, True])
+def test_empty_tensors_merge_to_nothing(tmp_path: Path, kept):
+    """Tensors with no elements (a first or a later dimension of 0) merge without reading anything,
+    whether the pool reads whole tensors or chunks."""
+    from safetensors.torch import save_file
+
+    from pipeline.lib.merging import merge_tensors
+
+    for i in range(2):
+        (tmp_path / f"s{i}").mkdir()
+        save_file({"a": torch.zeros(2, 0), "b": torch.zeros(0, 3), "c": torch.full((5,), float(i))},
+                  tmp_path / f"s{i}" / "model.safetensors")
+    with ShardPool({f"s{i}": tmp_path / f"s{i}" for i in range(2)}) as pool:
+        if kept:
+            pool.keep_mapped()
+        outs = {"a": torch.empty(2, 0), "b": torch.empty(0, 3), "c": torch.empty(5)}
+        merge_tensors([list(outs.items())], [[0.25, 0.75]], pool)
+    assert torch.equal(outs["c"], torch.full((5,), 0.75))
+
+
 def test_merge_into_rejects_another_model(ckpts, tmp_path: Path):
     from pipeline.lib.runtime import StageError
     from tests.test_pool import tiny_llama

@@ -114,8 +114,9 @@ def test_a_kept_pool_keeps_its_pages_and_reads_tensors_whole(tmp_path: Path, mon
         cpu = torch.device("cpu")
         assert not pool.reads_whole(cpu)
         monkeypatch.setattr(pool, "fits", lambda device, also=0: True)
-        assert pool.hold(cpu) and pool.kept and pool.reads_whole(cpu) and not pool.reads_whole(torch.device("meta"))
         before, anon = rss_file_kb(), rss_file_kb("RssAnon")
+        assert pool.hold(cpu) and pool.kept and pool.reads_whole(cpu) and pool.reads_whole("cpu")
+        assert not pool.reads_whole(torch.device("meta"))
         assert float(pool.view(0, "w").sum()) == pytest.approx(float(big.sum()), rel=1e-4)
         pool.release("w")
         pool.release_all()
@@ -132,6 +133,26 @@ def test_hold_keeps_nothing_where_the_shards_do_not_fit(ckpts, monkeypatch):
         monkeypatch.setattr(device, "host_free_bytes", lambda *a, **k: int(pool.nbytes / device.MEMORY_SHARE) + 1024)
         assert pool.fits(torch.device("cpu")) and not pool.fits(torch.device("cpu"), also=2048)
         assert not pool.hold(torch.device("cpu"), also=2048) and not pool.kept
+
+
+def test_hold_copies_to_a_gpu_with_headroom_left(ckpts, monkeypatch):
+    """The GPU branch, without a GPU: the free device memory minus HEADROOM of the total must hold the
+    shards and ``also``; then the shards are copied there (load_to), never kept mapped."""
+    import math
+
+    from pipeline.lib.device import HEADROOM
+
+    base, shards = ckpts
+    total = 1 << 30
+    with ShardPool(shards, seed=base) as pool:
+        room = math.ceil(HEADROOM * total) + pool.nbytes + 100
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (room, total))
+        copied = []
+        monkeypatch.setattr(pool, "load_to", lambda device: copied.append(device))
+        gpu = torch.device("cuda", 0)
+        assert pool.fits(gpu, also=100) and not pool.fits(gpu, also=101) and pool.fits("cuda:0")
+        assert not pool.hold(gpu, also=101) and copied == []
+        assert pool.hold(gpu, also=100) and copied == [gpu] and not pool.kept
 
 
 def test_missing_checkpoint_names_file_and_fix(ckpts):

@@ -143,6 +143,32 @@ def test_shards_kept_in_memory_score_as_the_files_read_and_dropped(project, monk
     assert _ppl(kept) == _ppl(mapped)
 
 
+def test_at_once_auto_leaves_the_kept_shards_pages_out_of_the_free_memory(project, monkeypatch):
+    """Free memory counts the page cache; shard pages kept mapped are page cache that M models must
+    not push out, so with the shards kept ``auto`` fits M into the free memory less their bytes."""
+    import pipeline.lib.device as device
+    from pipeline.lib import sweep
+    from pipeline.lib.models import load_model
+    from pipeline.lib.pool import ShardPool
+
+    seed, shards, sets = project
+    model = load_model(seed)
+    per_model = sum(t.numel() * t.element_size() for t in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values())
+    work = sweep.working_bytes(model.config, sets, 4)
+    with ShardPool({**shards, sweep.SEED_COLUMN: seed}, seed=seed) as pool:
+        nbytes = pool.nbytes
+    free = int((work + 3 * per_model + nbytes) / device.MEMORY_SHARE)
+    monkeypatch.setattr(device, "host_free_bytes", lambda *a, **k: free)
+    got = {}
+    for kept in (False, True):
+        monkeypatch.setattr(ShardPool, "fits", lambda self, d, also=0, kept=kept: kept)
+        got[kept] = sweep.score_all(MIXES, shards, seed, sets, 4)["cost"]["at_once"]
+    rows = 1 + len(shards) + len(MIXES)
+    assert got[False] == sweep.resolve_at_once("auto", rows, per_model, work, free + per_model)
+    assert got[True] == sweep.resolve_at_once("auto", rows, per_model, work, free + per_model - nbytes)
+    assert 1 < got[True] < got[False] < rows
+
+
 def test_a_model_whose_blocks_cannot_be_walked_is_a_clear_error(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -160,7 +186,8 @@ def test_a_model_whose_blocks_cannot_be_walked_is_a_clear_error(tmp_path):
 
 
 def test_at_once_auto_takes_what_fits_and_an_explicit_m_that_does_not_is_an_error(caplog):
-    from pipeline.lib.sweep import MEMORY_SHARE, resolve_at_once
+    from pipeline.lib.device import MEMORY_SHARE
+    from pipeline.lib.sweep import resolve_at_once
 
     caplog.set_level(logging.INFO)
     gb = 10**9

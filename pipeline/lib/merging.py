@@ -1,17 +1,17 @@
 """``merge_into``: the weighted average of K shard checkpoints, written in place into a resident model.
 
 :func:`merge_into` writes ``sum_k w_k * theta_k`` into a resident model's parameters, tensor by
-tensor and chunk by chunk, straight from the memory-mapped shard files of a
-:class:`~pipeline.lib.pool.ShardPool` through the fused kernel
+tensor, straight from the memory-mapped shard files of a :class:`~pipeline.lib.pool.ShardPool`
+(or the copies it holds on a GPU) through the fused kernel
 (:func:`pipeline.kernels.multi_weighted_sum`): no merged state dict, no per-shard model. Shards with
 weight 0 are never read. A parameter shared by several names (tied input/output embeddings) is
 written once; buffers are never touched, so they stay as the resident (seed) model has them.
 :func:`merge_many_into` does the same for M models and M weight vectors at once, reading each
 shard tensor once; :func:`merge_tensors` for any M lists of ``(checkpoint name, tensor)`` targets
 (layer-streamed evaluation merges one decoder block of M mixtures at a time with it). Shard
-tensors on another device than the models (memory-mapped files for a model on the GPU) are copied
-over chunk by chunk; a pool resident on the models' device, or whose mapped pages are kept on the
-CPU, is read in place, each tensor in one kernel call.
+tensors are read chunk by chunk, each chunk's mapped pages dropped after use (on a GPU, each chunk
+copied over), unless the pool holds the shards on the models' device (copies on the GPU, mapped
+pages kept on the CPU): then each tensor is read in place, in one kernel call.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def merge_into(model: torch.nn.Module, weights: Sequence[float], pool: ShardPool
 
     ``weights`` has one entry per shard of the pool (normalise them first for an average). The
     model's buffers are left as they are. Peak extra memory: about ``chunk_bytes`` of mapped shard
-    pages, whatever K is.
+    pages, whatever K is, unless the pool holds the shards in memory (:meth:`ShardPool.hold`).
     """
     merge_many_into([model], [list(weights)], pool, impl=impl, chunk_bytes=chunk_bytes)
 
@@ -129,10 +129,10 @@ def merge_tensors(plans: Sequence[Sequence[tuple[str, torch.Tensor]]], weights: 
             views = [v.view(-1) for v in pool.views(src, ks)]
             n, device = outs[0].numel(), outs[0].device
             shape = pool.info(src).shape
-            off = first_row * (views[0].numel() // shape[0] if shape else 1)
+            off = first_row * (views[0].numel() // shape[0] if shape and shape[0] else 1)
             if off + n > views[0].numel():
                 raise ValueError(f"{src}: {n} elements from row {first_row} run past its {list(shape)}")
-            step = n if pool.reads_whole(device) else chunk_step(chunk_bytes, len(ks), views[0].element_size())
+            step = max(1, n) if pool.reads_whole(device) else chunk_step(chunk_bytes, len(ks), views[0].element_size())
             for a in range(off, off + n, step):
                 b = min(off + n, a + step)
                 multi_weighted_sum([v[a:b].to(device) for v in views], w, [o[a - off:b - off] for o in outs], impl=impl)

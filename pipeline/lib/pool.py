@@ -138,7 +138,7 @@ class ShardPool:
         read. For shards that fit in memory (:meth:`hold`)."""
         self.kept = True
 
-    def fits(self, device: torch.device, also: int = 0) -> bool:
+    def fits(self, device: torch.device | str, also: int = 0) -> bool:
         """Whether the K checkpoints (plus ``also`` bytes) fit in ``device``'s free memory: on a GPU
         with :data:`~pipeline.lib.device.HEADROOM` of its memory to spare, on the CPU within
         :data:`~pipeline.lib.device.MEMORY_SHARE` of what is free
@@ -147,16 +147,20 @@ class ShardPool:
 
         from pipeline.lib.device import HEADROOM, MEMORY_SHARE, host_free_bytes
 
+        device = torch.device(device)
         if device.type == "cuda":
             free, total = torch.cuda.mem_get_info(device)
             return self.nbytes + also <= free - HEADROOM * total
         return self.nbytes + also <= MEMORY_SHARE * host_free_bytes()
 
-    def hold(self, device: torch.device, also: int = 0) -> bool:
+    def hold(self, device: torch.device | str, also: int = 0) -> bool:
         """Keep the K checkpoints where merges onto ``device`` read them fastest, if they fit there beside
         ``also`` bytes (:meth:`fits`): on a GPU copied into its memory once (:meth:`load_to`), on the CPU
         their mapped pages kept (:meth:`keep_mapped`: no copy). Returns whether it did; if not, every
         merge reads the mapped files chunk by chunk and drops their pages behind it."""
+        import torch
+
+        device = torch.device(device)
         if not self.fits(device, also):
             log.info("the %d checkpoints (%.2f GB) do not fit in the free memory of %s beside %.2f GB: every merge reads "
                      "them from their files", len(self), self.nbytes / 1e9, device, also / 1e9)
@@ -169,13 +173,17 @@ class ShardPool:
             log.info("the %d checkpoints (%.2f GB) are resident on %s", len(self), self.nbytes / 1e9, device)
         return True
 
-    def reads_whole(self, device: torch.device) -> bool:
-        """Whether a merge into tensors on ``device`` (a tensor's ``.device``) may read each shard tensor
-        whole, in one kernel call: the shards are copies on that device (:meth:`load_to`) or, on the
-        CPU, pages kept mapped (:meth:`keep_mapped`). Otherwise a merge goes chunk by chunk, dropping or
-        copying each chunk's pages."""
+    def reads_whole(self, device: torch.device | str) -> bool:
+        """Whether a merge into tensors on ``device`` may read each shard tensor whole, in one kernel
+        call: the shards are copies on that device (:meth:`load_to`) or, on the CPU, pages kept mapped
+        (:meth:`keep_mapped`). Otherwise a merge goes chunk by chunk, dropping or copying each chunk's
+        pages."""
+        import torch
+
+        device = torch.device(device)
         if self._resident:
-            return self.device == str(device)
+            here = next(iter(self._resident.values())).device
+            return here.type == device.type and (device.index is None or here.index == device.index)
         return self.kept and device.type == "cpu"
 
     @property
