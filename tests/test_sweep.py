@@ -153,7 +153,7 @@ def test_at_once_auto_leaves_the_kept_shards_pages_out_of_the_free_memory(projec
 
     seed, shards, sets = project
     model = load_model(seed)
-    per_model = sum(t.numel() * t.element_size() for t in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values())
+    per_model = sweep.model_bytes(model)
     work = sweep.working_bytes(model.config, sets, 4)
     with ShardPool({**shards, sweep.SEED_COLUMN: seed}, seed=seed) as pool:
         nbytes = pool.nbytes

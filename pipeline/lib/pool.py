@@ -182,7 +182,7 @@ class ShardPool:
 
         device = torch.device(device)
         if self._resident:
-            here = next(iter(self._resident.values())).device
+            here = torch.device(self.device)
             return here.type == device.type and (device.index is None or here.index == device.index)
         return self.kept and device.type == "cpu"
 

@@ -30,7 +30,7 @@ import logging
 import time
 from pathlib import Path
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.lib.device import CPU, MEMORY_SHARE, Placement
 from pipeline.lib.layerstream import LayerStream
@@ -41,12 +41,20 @@ from pipeline.lib.pool import ShardPool
 from pipeline.lib.runtime import StageError, progress
 from pipeline.lib.scoring import EvalSet, evaluate
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
 SEED_COLUMN = "(seed)"  # the seed's name in the pool: cannot collide, shard names start with a letter or digit
 
 
 def _scores(result: dict[str, dict]) -> dict[str, dict[str, float]]:
     return {d: {"ppl": round(s["ppl"], 4), "bpb": round(s["bpb"], 5)} for d, s in result.items()}
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's parameters and buffers, a tensor shared by several names counted once."""
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values())
 
 
 def working_bytes(config, sets: list[EvalSet], batch_size: int) -> int:
@@ -135,13 +143,13 @@ def score_all(mixtures: list[Mixture], shard_dirs: dict[str, Path], base: Path, 
 def _resident(pool, base, rows, sets, batch_size, at_once, impl, place, key):
     """(M, score a group, (merge s, eval s)) with M whole resident models."""
     model = load_model(base).to(place.device)
-    model_bytes = sum(t.numel() * t.element_size() for t in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values())
+    per_model = model_bytes(model)
     work = working_bytes(model.config, sets, batch_size)
-    pool.hold(place.device, also=model_bytes + work)  # where there is room for the shards and at least M = 2
+    pool.hold(place.device, also=per_model + work)  # where there is room for the shards and at least M = 2
     # the first model is loaded already: the free memory is for the other M - 1 (+ evaluation); shard
     # pages kept mapped are page cache, which the free memory counts: M models must leave it be
-    free = place.free_bytes() + model_bytes - (pool.nbytes if pool.kept else 0)
-    m = resolve_at_once(at_once, len(rows), model_bytes, work, free, key)
+    free = place.free_bytes() + per_model - (pool.nbytes if pool.kept else 0)
+    m = resolve_at_once(at_once, len(rows), per_model, work, free, key)
     models = [model] + [copy.deepcopy(model) for _ in range(m - 1)]
     seconds = [0.0, 0.0]
 
