@@ -117,8 +117,9 @@ def main(args, cfg: Params) -> None:
     summary["made_by"] = made_by("advise", targets=list(verdicts))
     write_text_atomic(args.report, markdown(summary))
     write_json(args.out, summary)
+    rho = summary["proxy_vs_trained"]["spearman"]
     log.info("%d targets; proxy against training over %d models: Spearman %s", len(verdicts),
-             summary["proxy_vs_trained"]["models"], summary["proxy_vs_trained"]["spearman"])
+             summary["proxy_vs_trained"]["models"], "n/a" if rho is None else f"{rho:.3f}")
 
 
 def cli(argv: list[str] | None = None) -> int:

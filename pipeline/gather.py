@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 PARTS = ("dev", "test")
 MIN_TOKENS = 1024  # per domain and part, however small its weight
+FEW_DOCUMENTS = 10  # a part with fewer documents of a domain is warned about: a verdict on a handful of documents
 
 
 class Params(StageParams):
@@ -102,7 +103,7 @@ def file_rows(spec: TargetSpec, key: str) -> list[dict]:
     fix = f"recommend.targets.{key}.file"
     if not path.is_file():
         raise StageError(f"{fix}: {path} not found; give a .jsonl or .txt file (relative to the repository root)")
-    rows = []
+    rows, fields = [], set()
     try:
         content = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -112,15 +113,20 @@ def file_rows(spec: TargetSpec, key: str) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                text = json.loads(line).get(spec.text_field)
+                obj = json.loads(line)
+                text = obj.get(spec.text_field)
             except (json.JSONDecodeError, AttributeError) as e:
                 raise StageError(f"{path}: line {i + 1}: not a JSON object ({e}); {fix} must be JSON Lines") from None
+            fields |= set(obj)
             if isinstance(text, str) and text.strip():
                 rows.append({"id": f"{path.stem}:{i}", "text": text.strip()})
     else:
         rows = [{"id": f"{path.stem}:{i}", "text": t.strip()} for i, t in enumerate(content.split("\n\n")) if t.strip()]
     if len(rows) < 2:
-        raise StageError(f"{path}: {len(rows)} document(s) with text (field {spec.text_field!r}); a target needs at least 2 "
+        has = ""
+        if fields and spec.text_field not in fields:
+            has = f"; the file's fields are {sorted(fields)} (set recommend.targets.{key}.text_field)"
+        raise StageError(f"{path}: {len(rows)} document(s) with text (field {spec.text_field!r}){has}; a target needs at least 2 "
                          f"(one for dev, one for test): {fix}")
     return rows
 
@@ -168,6 +174,11 @@ def gather_target(name: str, spec: TargetSpec, cfg: Params, corpus: Path, tokeni
             entry[part] = {"documents": len(starts) - 1, "tokens": int(ids.size), "bytes": int(nbytes.sum()),
                            "tokens_per_document": share}
         record["domains"][domain] = entry
+        few = [part for part in PARTS if entry[part]["documents"] < FEW_DOCUMENTS]
+        if few:
+            log.warning("%s: %s gives %s document(s) to the %s part%s (%s): a verdict on it rests on a handful of "
+                        "documents; a source with more documents judges more surely", name, domain,
+                        " / ".join(str(entry[p]["documents"]) for p in few), " / ".join(few), "s" if len(few) > 1 else "", origin)
         log.info("%s: %s (%s, weight %.2f): dev %d tokens in %d documents, test %d tokens in %d documents", name, domain,
                  origin, entry["weight"], entry["dev"]["tokens"], entry["dev"]["documents"], entry["test"]["tokens"],
                  entry["test"]["documents"])
@@ -179,6 +190,10 @@ def main(args, cfg: Params) -> None:
     run = RunRecord("gather")
     tokenizer = load_tokenizer(args.tokenizer)
     known = sorted(read_json(args.corpus / "manifest.json", "corpus manifest")["domains"])
+    for name, spec in cfg.recommend.targets.items():  # before any target is built (the check stage does this under DVC)
+        if spec.file is not None and not Path(spec.file).is_file():
+            raise StageError(f"{args.params}: recommend.targets.{name}.file: {spec.file} not found; give a .jsonl or .txt "
+                             f"file (relative to the repository root)")
     seen = corpus_digests(args.corpus, known)
     records = {}
     with atomic_dir(args.out) as tmp:

@@ -101,7 +101,7 @@ def model_folders(args, cfg: Params) -> dict[str, Path]:
         folders = {}
         names = cfg.infer.models if cfg.infer.models is not None else [*cfg.validation.mixtures, *cfg.infer.probes]
     for m in names:
-        folders[m] = find_model(m, args.models, "infer.models", "run 'dvc repro' to train it (with --model and "
+        folders[m] = find_model(m, args.models, f"{args.params}: infer.models", "run 'dvc repro' to train it (with --model and "
                                 "infer.adam_power: calibrate, give --models where the calibration probes are)")
     return folders
 

@@ -166,7 +166,7 @@ class Launch:
         self.out.seconds[name] = round(time.monotonic() - t0, 1)
         if status:
             self.out.failed.append({"stage": name, "status": status, "log": str(path.relative_to(self.root))})
-            log.error("%s failed (dvc repro exit %d); its log: %s", name, status, path.relative_to(self.root))
+            log.error("%s failed (dvc repro exit %d); its log: %s%s", name, status, path.relative_to(self.root), error_lines(path))
         else:
             self.out.here.append(name)
             self.done.add(name)
@@ -186,7 +186,26 @@ class Launch:
             else:
                 how = f"killed by signal {-status}" if status < 0 and not note else f"exit status {status}"
                 self.out.failed.append({"stage": job.name, "status": status, "log": rel, **({"engine": note} if note else {})})
-                log.error("%s failed (%s%s); its log: %s", job.name, how, f"; {note}" if note else "", rel)
+                log.error("%s failed (%s%s); its log: %s%s", job.name, how, f"; {note}" if note else "", rel, error_lines(Path(job.log)))
+
+
+def error_lines(path: Path, most: int = 12) -> str:
+    """The errors a job's log ends with (lines with ERROR and the indented lines under them, the last
+    ``most``), each on a new line: what the user needs, without opening the log."""
+    out, under = [], False
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        if line.startswith("ERROR") or " ERROR " in line:
+            out.append(line)
+            under = True
+        elif under and line.startswith((" ", "\t")) and line.strip():
+            out.append(line)
+        else:
+            under = False
+    return "".join(f"\n  | {line}" for line in out[-most:])
 
 
 def submit(engine: Engine, job: Job) -> None:
@@ -251,7 +270,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-job", type=int, choices=range(0, 9), metavar="G",
                    help="GPUs per job (default: 1 when params device is cuda, else 0)")
     p.add_argument("--address", help="ray: an existing cluster (host:port, ray://host:port, or auto); default: a local one")
-    p.add_argument("--cluster", choices=("slurm", "local"), help="submitit: Slurm, or its local executor (default: Slurm where sbatch is found)")
+    p.add_argument("--cluster", choices=("slurm", "local"), help="submitit: Slurm, or its local executor (default: Slurm; an error where there is no srun)")
     p.add_argument("--partition", help="submitit on Slurm: the partition")
     p.add_argument("--time-min", type=positive, default=240, help="submitit: each job's time limit in minutes (default: %(default)s)")
     p.add_argument("--slurm-arg", type=key_value, action="append", metavar="KEY=VALUE", help="submitit on Slurm: another sbatch option (repeatable)")

@@ -110,7 +110,7 @@ def main(args, cfg: Params) -> None:
     run = RunRecord("select")
     sc = cfg.select
     # the check stage has checked the names against the validation mixtures and probes
-    folders = {m: find_model(m, args.models, "select.models", "name a validation mixture or a probe (infer.probes) and run "
+    folders = {m: find_model(m, args.models, f"{args.params}: select.models", "name a validation mixture or a probe (infer.probes) and run "
                              "'dvc repro' to train it") for m in sc.models}
     files = domain_files(args.tokens)
     pool = make_pool(files, sc.pool_per_domain, cfg.train.seq_len, cfg.seed)

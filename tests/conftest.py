@@ -121,7 +121,8 @@ def make_project(root: Path, corpus_rows: list[dict], params: dict) -> Path:
     # its cached build instead of compiling again for every test project.
     for code in ("pipeline", "csrc"):
         (root / code).symlink_to(REPO / code, target_is_directory=True)
-    for f in ("dvc.yaml", ".gitignore", ".dvcignore"):
+    for f in ("dvc.yaml", ".gitignore", ".dvcignore", "metrics/recommend/.gitkeep"):  # what a clone has (advise's folder dep)
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / f, root / f)
     write_jsonl(root / "corpus.jsonl", corpus_rows)
     write_params(root / "params.yaml", params)

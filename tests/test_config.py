@@ -126,3 +126,58 @@ def test_a_probe_of_an_unknown_domain_names_the_key(tmp_path, tiny_params):
     tiny_params["infer"]["probes"] = {"p": {"shards": ["news_bbc", "nope"]}}
     msg = _error(tmp_path, tiny_params)
     assert "infer.probes.p.shards" in msg and "'nope'" in msg, msg
+
+
+def test_the_sections_every_stage_knows_are_the_whole_files():
+    from pipeline.params.config import Config
+    from pipeline.params.core import SECTIONS
+
+    assert set(Config.model_fields) == SECTIONS
+
+
+@pytest.mark.parametrize("stage", ["select", "plan", "gather", "proxy", "infer", "recommend"])
+def test_a_misspelt_section_stops_a_stage_run_by_hand(tmp_path, tiny_params, stage):
+    """A stage reads only its sections; a misspelt one (``selct:``) would leave it on its defaults
+    (select with no models wrote an empty data/select, plan deleted the plans, gather the targets)."""
+    import importlib
+
+    from pipeline.params.core import load
+
+    typo = {"select": "selct", "plan": "validaton", "gather": "recomend", "proxy": "mixture", "infer": "infr",
+            "recommend": "recomend"}[stage]
+    section = {"plan": "validation", "gather": "recommend", "proxy": "mixtures"}.get(stage, stage)
+    tiny_params[typo] = tiny_params.pop(section, {})
+    path = write_params(tmp_path / "params.yaml", tiny_params)
+    with pytest.raises(ConfigError) as e:
+        load(path, importlib.import_module(f"pipeline.{stage}").Params)
+    msg = str(e.value)
+    assert str(path) in msg and f"{typo}: unknown top-level key" in msg and f"did you mean {section!r}" in msg, msg
+
+
+def test_a_misspelt_section_exits_2_and_writes_nothing(tmp_path, tiny_params, caplog):
+    from pipeline import select
+
+    tiny_params["selct"] = tiny_params.pop("select", {})
+    path = write_params(tmp_path / "params.yaml", tiny_params)
+    out, picked = tmp_path / "select.json", tmp_path / "select"
+    picked.mkdir()
+    (picked / "kept.json").write_text("{}")
+    rc = select.cli(["--params", str(path), "--base", str(tmp_path / "base"), "--models", str(tmp_path / "m"),
+                     "--tokens", str(tmp_path / "tokens"), "--out", str(out), "--selected", str(picked)])
+    assert rc == 2 and not out.exists() and [p.name for p in picked.iterdir()] == ["kept.json"]
+    assert "selct: unknown top-level key" in caplog.text
+
+
+def test_a_value_no_branch_of_a_union_takes_is_one_line_under_its_key(tmp_path, tiny_params):
+    """pydantic names a union's branches in the error's location (``at_once.constrained-int``,
+    ``at_once.literal['auto']``): the message keeps the file's key, once."""
+    tiny_params["mixtures"]["at_once"] = 0
+    msg = _error(tmp_path, tiny_params)
+    lines = [ln for ln in msg.splitlines() if "at_once" in ln]
+    assert lines == ["  mixtures.at_once: Input should be greater than or equal to 1 or Input should be 'auto' (got 0)"], msg
+
+
+def test_a_check_across_sections_is_under_the_key_it_names(tmp_path, tiny_params):
+    tiny_params["mixtures"]["explicit"] = {"mine": {"shards": ["cod"]}}
+    msg = _error(tmp_path, tiny_params)
+    assert "\n  mixtures.explicit.mine.shards: unknown shard(s) ['cod']" in msg and "top level" not in msg and "Value error" not in msg, msg

@@ -84,13 +84,17 @@ def test_a_file_target_is_split_by_document_into_dev_and_test(prepared):
     ({"file": "absent.jsonl"}, "recommend.targets.t.file: absent.jsonl not found"),
     ({"file": "empty.jsonl"}, "empty.jsonl: 0 document(s) with text"),
     ({"file": "latin1.jsonl"}, "latin1.jsonl: not UTF-8 text"),
+    ({"file": "body.jsonl"}, "the file's fields are ['body', 'id'] (set recommend.targets.t.text_field)"),
 ])
 def test_bad_targets_are_clear_errors_and_write_nothing(prepared, target, says):
     (prepared / "empty.jsonl").write_text("\n")
+    write_jsonl(prepared / "body.jsonl", [{"id": i, "body": f"document {i}"} for i in range(3)])
     (prepared / "latin1.jsonl").write_bytes('{"text": "caf\\u00e9"}\n'.encode() + b'{"text": "caf\xe9"}\n')
     before = sorted(p.name for p in prepared.iterdir())
-    proc = gather(prepared, {"targets": {"t": target}}, check=False)
+    proc = gather(prepared, {"targets": {"first": {"domains": {"prose": 1.0}}, "t": target}}, check=False)
     assert proc.returncode == 2 and says in proc.stderr, proc.stderr[-2000:]
+    if "file" in target and "absent" in target["file"]:  # found before any target is built
+        assert "first:" not in proc.stderr, proc.stderr[-2000:]
     assert sorted(p.name for p in prepared.iterdir()) == before
 
 
@@ -125,3 +129,12 @@ def test_a_part_spreads_its_tokens_over_many_documents(prepared):
                 seen.setdefault(home[0], set()).add(part)
         assert all(len(parts) == 1 for parts in seen.values())  # no document in both parts
     assert counts[64] >= 4 * counts[None]  # 2048 / 65 per document against ~2048 / 800
+
+
+def test_a_part_of_few_documents_is_warned_about(prepared):
+    write_jsonl(prepared / "few.jsonl", [{"text": f"Document {i}: " + "word " * 50} for i in range(6)])
+    proc = gather(prepared, {"targets": {"few": {"file": "few.jsonl"}}})
+    assert "few: few gives" in proc.stderr and "a verdict on it rests on a handful of documents" in proc.stderr, proc.stderr[-2000:]
+    write_jsonl(prepared / "many.jsonl", [{"text": f"Document {i}: " + "word " * 50} for i in range(60)])
+    proc = gather(prepared, {"targets": {"many": {"file": "many.jsonl"}}, "max_tokens": 100000})
+    assert "handful" not in proc.stderr, proc.stderr[-2000:]

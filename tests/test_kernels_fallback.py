@@ -117,3 +117,14 @@ def test_the_build_runs_the_ninja_beside_the_interpreter(tmp_path, monkeypatch, 
     _ext._compile_and_load(tmp_path / "build", with_cuda=False, verbose=False)
     assert seen["path"] == (f"{bindir}{os.pathsep}/usr/bin:/bin" if beside else "/usr/bin:/bin")
     assert os.environ["PATH"] == "/usr/bin:/bin"
+
+
+def test_checkouts_sharing_a_build_cache_get_their_own_folders(tmp_path, monkeypatch):
+    """Two checkouts with one $SHARDMIX_EXTENSIONS_DIR: ninja's build file names sources by absolute
+    path, so a shared folder would be rebuilt each time the other checkout builds."""
+    monkeypatch.setenv("SHARDMIX_EXTENSIONS_DIR", str(tmp_path))
+    here = _ext.extensions_dir()
+    assert here.parent == tmp_path and here == _ext.extensions_dir()
+    monkeypatch.setattr(_ext, "CSRC", tmp_path / "other-checkout" / "csrc")
+    other = _ext.extensions_dir()
+    assert other.parent == tmp_path and other != here

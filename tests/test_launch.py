@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -236,6 +237,18 @@ def test_a_failing_stage_run_here_stops_what_needs_it(project: Path):
     assert s["failed"] == [{"stage": "check", "status": 255, "log": "runs/launch/check.log"}] and s["launched"] == [], s
     assert {"prepare", "train@code"} <= set(s["not_reached"]) and s["final_dvc_repro"] is None
     assert "train.lr" in (project / "runs/launch/check.log").read_text()
+    assert "| " in proc.stderr and "train.lr" in proc.stderr.split("check failed", 1)[1], proc.stderr[-3000:]  # shown, not only logged
+
+
+def test_error_lines_are_the_errors_of_a_log(tmp_path):
+    from pipeline.launch import error_lines
+
+    log = tmp_path / "job.log"
+    log.write_text("INFO x: started\n  not an error\n2026-12-08 ERROR __main__: params.yaml: invalid parameters\n"
+                   "  train.lr: must be > 0\n\nERROR: failed to reproduce 'check'\nINFO done\n")
+    assert error_lines(log) == ("\n  | 2026-12-08 ERROR __main__: params.yaml: invalid parameters\n  |   train.lr: must be > 0"
+                                "\n  | ERROR: failed to reproduce 'check'")
+    assert error_lines(tmp_path / "absent.log") == ""
 
 
 # ---------------------------------------------------------------- bad input: a clear error, nothing launched
@@ -255,7 +268,8 @@ def _closed_port() -> int:
     (["--jobs", "3"], "oversubscribe"),
     (["--address", "127.0.0.1:6379"], "--address is a Ray cluster's"),
     (["no_such_stage"], "stage 'no_such_stage'"),
-], ids=["engine", "jobs0", "ray-address", "submitit-gpu", "oversubscribe", "address-local", "stage"])
+    (["--engine", "submitit", "--partition", "gpu"], "no Slurm here (no srun on PATH)"),
+], ids=["engine", "jobs0", "ray-address", "submitit-gpu", "oversubscribe", "address-local", "stage", "submitit-no-slurm"])
 def test_bad_input_is_a_clear_error_and_launches_nothing(project: Path, args, message):
     if "ray" in args:
         pytest.importorskip("ray")
@@ -265,6 +279,8 @@ def test_bad_input_is_a_clear_error_and_launches_nothing(project: Path, args, me
         pytest.skip("this machine has 3 cores or more")
     if "--gpus-per-job" in args and engines.local_gpus():
         pytest.skip("this machine has a GPU")
+    if "--partition" in args and shutil.which("srun"):
+        pytest.skip("this machine has Slurm")
     proc = launch(project, *args, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr, proc.stderr

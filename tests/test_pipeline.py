@@ -37,6 +37,7 @@ def git_diff(root: Path) -> str:
 
 # declared params a stage reads only in a setting the tiny config does not use
 READ_ONLY_WHEN = {"tokenize": {"base.pretrained_path"},  # base.init: pretrained (tests/test_recipes.py)
+                  "check": {"base.pretrained_path", "prepare.domains"},  # base.init: pretrained; a corpus of registry sources (tests/test_check.py)
                   "gather": {"prepare.min_chars"}}  # a target of a registry source outside the corpus (tests/test_gather.py)
 
 

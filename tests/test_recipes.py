@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 RECIPES = ("own-corpus", "own-model", "proxy-only", "gpu")
 # maps whose keys are names the user chooses: a fragment's version replaces the section whole
-NAMED_ENTRIES = {("shards",), ("validation", "mixtures"), ("mixtures", "explicit"), ("infer", "probes")}
+NAMED_ENTRIES = {("shards",), ("validation", "mixtures"), ("mixtures", "explicit"), ("infer", "probes"), ("recommend", "targets")}
 PROXIES = {"merged", "mean_shard_ppl", "best_shard", "ensemble"}
 
 
@@ -116,6 +116,7 @@ def test_own_corpus(project: Path, tiny_params, corpus_rows):
     # the validation draw the recipe prints is in params format, over the recipe's shards
     drawn = yaml.safe_load(procs[[c[:3] for c in commands].index(["python", "-m", "pipeline.validation"])].stdout)
     assert {s for m in drawn["validation"]["mixtures"].values() for s in m["shards"]} <= set(params["shards"])
+    assert (project / "reports/recommend/prose.md").is_file()  # the recipe's target, of the user's own domain
     assert json.loads(dvc(project, "status", "--json").stdout) == {}
 
 
@@ -196,6 +197,7 @@ def test_proxy_only(project: Path, tiny_params):
 
     assert {"proxy", "report"} <= set(ran), ran
     assert not [s for s in ran if s.startswith(("train_mixture", "evaluate_mixture"))], ran
+    assert not [s for s in ran if s.startswith(("recommend@", "confirm@"))], ran  # no target: nothing to confirm
     assert not list(project.glob("models/mixtures/*")) and not list(project.glob("metrics/truth/*"))
     proxy, report = load(project, "metrics/proxy.json"), load(project, "metrics/report.json")
     assert report["mode"] == "proxy_only"

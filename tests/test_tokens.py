@@ -216,3 +216,15 @@ def test_a_document_cap_keeps_a_contiguous_span_where_asked():
     assert first[0][1:11].tolist() == whole[0][:10]
     capped = encode_documents(tok, texts, cap=25, doc_cap=11, span_at=[0.5] * len(texts))
     assert capped[0].size == 25 and capped[1][-1] == 25  # the part's cap still cuts the last document
+
+
+def test_a_seed_folder_that_is_not_there_is_named_as_such(tmp_path):
+    """transformers reads a missing folder as a hub repo id ("Repo id must use alphanumeric chars")."""
+    from pipeline.lib.models import load_tokenizer
+    from pipeline.lib.runtime import StageError
+    from pipeline.tokenize import seed_tokenizer
+
+    with pytest.raises(StageError, match=r"base\.pretrained_path: \.\./my-model does not exist"):
+        seed_tokenizer("../my-model")
+    with pytest.raises(StageError, match="no such folder"):
+        load_tokenizer(tmp_path / "absent")

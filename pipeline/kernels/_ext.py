@@ -5,9 +5,12 @@ how long it took; the project's setup calls it so a fresh machine needs no manua
 the first kernel call builds it (about 45 s cold on 2 cores, ~0.05 s cached).
 
 The build cache lives in ``$SHARDMIX_EXTENSIONS_DIR`` (default ``<repo>/.cache/torch_extensions``),
-in a sub-folder per Python/torch version. Builders serialise on an ``fcntl`` lock that the kernel
-releases when a process dies, so a ``lock`` file left behind by torch's own build baton inside the
-folder is known to be stale and is removed (a stale one makes ``load()`` wait forever).
+in a sub-folder per Python/torch version and checkout (a hash of the ``csrc/`` path: ninja's build
+file names the sources by their absolute paths, so two checkouts sharing one folder would each read
+the other's build as stale and recompile, 25-45 s, every time they alternate). Builders serialise
+on an ``fcntl`` lock that the kernel releases when a process dies, so a ``lock`` file left behind
+by torch's own build baton inside the folder is known to be stale and is removed (a stale one makes
+``load()`` wait forever).
 
 Environment:
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import sys
@@ -62,9 +66,10 @@ _load_lock = threading.Lock()
 
 
 def extensions_dir() -> Path:
-    """The per-project, per-Python/torch-version build cache folder."""
+    """The build cache folder of this Python/torch version and this checkout's ``csrc/``."""
     root = Path(os.environ.get("SHARDMIX_EXTENSIONS_DIR", REPO_ROOT / ".cache" / "torch_extensions"))
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__.replace('+', '_')}"
+    checkout = hashlib.sha1(str(CSRC).encode()).hexdigest()[:8]
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}_torch{torch.__version__.replace('+', '_')}_src{checkout}"
     return root / tag
 
 

@@ -81,6 +81,8 @@ def load_tokenizer(path: str | Path):
     """The tokenizer stored in a model or tokenizer folder."""
     from transformers import AutoTokenizer
 
+    if not Path(path).is_dir():  # transformers would read a missing folder as a hub repo id and say that is malformed
+        raise StageError(f"{path}: no such folder (a relative path is relative to {Path.cwd()}); give a model or tokenizer folder")
     try:
         return AutoTokenizer.from_pretrained(Path(path), local_files_only=True)
     except (OSError, ValueError) as e:

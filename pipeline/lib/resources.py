@@ -10,6 +10,7 @@ Threads: params ``threads`` > 0 is every job's count (a stage param: results dep
 from __future__ import annotations
 
 import argparse
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,5 +103,9 @@ def check_flags(args) -> None:
         raise StageError(f"{', '.join(slurm + (['--cluster'] if args.cluster else []))}: submitit's; use --engine submitit")
     if args.engine == "submitit" and args.cluster == "local" and slurm:
         raise StageError(f"{', '.join(slurm)}: Slurm's; submitit's local executor has none")
+    if args.engine == "submitit" and args.cluster is None and shutil.which("srun") is None:  # submitit's own test
+        raise StageError("--engine submitit: no Slurm here (no srun on PATH), so submitit would run every job on this "
+                         "machine, ignoring --partition and the cores here; run from a Slurm login node, or pass "
+                         "--cluster local to run the jobs here on purpose")
     if args.engine in ("ray", "submitit"):
         need(args.engine)

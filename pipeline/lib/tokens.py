@@ -155,7 +155,7 @@ def shard_slice(name: str, spec: ShardSpec, tokens_dir: Path) -> Slice:
     if not path.is_file():
         have = sorted(p.stem for p in (tokens_dir / "train").glob("*.bin"))
         raise StageError(f"shards.{name}.domain: no training tokens for domain {spec.domain!r} ({path} is missing); "
-                         f"the corpus has {have}: fix the shard's domain in params.yaml or add the domain to prepare")
+                         f"the corpus has {have}: fix the shard's domain in the params file or add the domain to prepare")
     f = TokenFile.open(path)
     return Slice(name, f, *piece_range(f.tokens, spec))
 

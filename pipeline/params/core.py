@@ -3,13 +3,16 @@
 Every section is a frozen pydantic model with ``extra="forbid"``: an unknown key, a wrong type (a
 boolean where a number belongs, too) or a key written twice is a :class:`ConfigError` naming the
 file, the key and the fix. A stage loads a :class:`StageParams` subclass holding just the sections
-it reads (other top-level keys are the check stage's to validate, :mod:`pipeline.params.config`);
+it reads (other top-level keys are the check stage's to validate, :mod:`pipeline.params.config`,
+but a top-level key that is no section at all is refused by every stage: a misspelt ``selct:``
+would otherwise leave the stage on its defaults, which for some stages means writing an empty output);
 the checks across sections (a mixture naming an unknown shard, a shard of an unknown domain) run
 for whichever of the sections involved the view holds.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -21,6 +24,10 @@ DEFAULT_PARAMS = Path("params.yaml")
 SEP = "+"  # a generated mixture is named by its shards joined by SEP
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # shard and mixture names: file-safe, '+' allowed
 NAME_CHARS = "letters, digits, '_', '.', '-', '+'"
+# the top-level keys of params.yaml: the fields of pipeline.params.config.Config (a test keeps them equal;
+# spelt out here because every stage checks them and config.py imports this module)
+SECTIONS = frozenset({"seed", "threads", "device", "precision", "save_dtype", "prepare", "tokenize", "model", "base",
+                      "train", "shards", "eval", "mixtures", "validation", "report", "rank", "recommend", "infer", "select"})
 
 
 class ConfigError(ValueError):
@@ -86,17 +93,35 @@ class StageParams(Section):
         return self
 
 
+# the names pydantic gives the branches of a union in an error's location ("constrained-int",
+# "literal['auto']", "function-after[...]"): not keys of the file
+_BRANCH = re.compile(r"^(constrained-)?(int|float|str|bool|bytes|none|decimal)$|^[a-z-]+\[.*\]$")
+
+
 def _format_error(path: Path, err: ValidationError) -> str:
-    lines = [f"{path}: invalid parameters"]
+    """One line per key: ``key: what is wrong (got value)``; a value that no branch of a union takes
+    (``int >= 1 | "auto"``) is one line joining what each branch wanted."""
+    keyed: dict[str, tuple[list[str], str]] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = [str(p) for p in e["loc"] if not (isinstance(p, str) and _BRANCH.match(p))]
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see params.yaml in the repository for the known keys)"
         elif e["type"] == "missing":
             msg = "missing required key"
-        shown = e["type"] not in ("extra_forbidden", "missing") and not isinstance(e.get("input"), dict)
-        lines.append(f"  {key}: {msg}" + (f" (got {e['input']!r})" if shown else ""))
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        if not loc and re.match(r"^[\w.+-]+: ", msg):  # a check across sections names its key itself
+            key, msg = msg.split(": ", 1)
+        else:
+            key = ".".join(loc) or "(top level)"
+        shown = e["type"] not in ("extra_forbidden", "missing") and not isinstance(e.get("input"), dict) and loc
+        got = f" (got {e['input']!r})" if shown else ""
+        msgs, _ = keyed.setdefault(key, ([], got))
+        if msg not in msgs:
+            msgs.append(msg)
+    lines = [f"{path}: invalid parameters"]
+    lines += [f"  {key}: {' or '.join(msgs)}{got}" for key, (msgs, got) in keyed.items()]
     return "\n".join(lines)
 
 
@@ -134,6 +159,14 @@ def load(path: str | Path, model: type[M]) -> M:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    unknown = [k for k in raw if k not in SECTIONS]
+    if unknown and issubclass(model, StageParams):
+        lines = [f"{path}: invalid parameters"]
+        for k in unknown:
+            near = difflib.get_close_matches(str(k), sorted(SECTIONS), n=1)
+            lines.append(f"  {k}: unknown top-level key" + (f" (did you mean {near[0]!r}?)" if near else "")
+                         + f"; the sections are {', '.join(sorted(SECTIONS))}")
+        raise ConfigError("\n".join(lines))
     try:
         return model.model_validate(raw)
     except ValidationError as e:
