@@ -9,7 +9,8 @@ change, a params edit reruns only the stages that read the edited keys. Each sta
 validates the sections it reads. It also checks that this machine has params ``device`` (a GPU
 for ``cuda``), so a run meant for a GPU stops here on a machine without one, and what the file
 names outside itself: the pretrained seed's folder, each target's file, each target domain (a
-domain of the corpus or a registry source). Those stages would stop on them too, but only after
+domain of the corpus or a registry source; with a local corpus, whose domains are known only once
+prepare reads it, gather checks them). Those stages would stop on them too, but only after
 DVC had removed their outputs (the tokenizer, every target's token files).
 """
 
@@ -23,7 +24,7 @@ from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
 from pipeline.params.config import Config
 from pipeline.sources import SOURCES
 
-ROOT_NOTE = "paths are relative to the repository root, where DVC runs the stages"
+ROOT_NOTE = "a relative path is relative to the folder the stage runs in (under DVC, the repository root)"
 
 
 def missing_inputs(cfg: Config) -> list[str]:
@@ -31,14 +32,18 @@ def missing_inputs(cfg: Config) -> list[str]:
     out = []
     if cfg.base.init == "pretrained":
         path = Path(cfg.base.pretrained_path)
-        if not (path / "config.json").is_file():
+        if path.is_file():
+            out.append(f"base.pretrained_path: {path} is a file, not a model folder (a GGUF? `python -m pipeline.convert "
+                       f"gguf {path} --out DIR` makes the folder)")
+        elif not (path / "config.json").is_file():
             what = "has no config.json" if path.is_dir() else "does not exist"
             out.append(f"base.pretrained_path: {path} {what}: give a Hugging Face model folder (config.json, weights, "
                        f"tokenizer; `python -m pipeline.convert` makes one); {ROOT_NOTE}")
     known = None if cfg.prepare.local else set(cfg.prepare.domains) | set(SOURCES)  # a local corpus' domains are known once read
     for name, spec in cfg.recommend.targets.items():
         if spec.file is not None and not Path(spec.file).is_file():
-            out.append(f"recommend.targets.{name}.file: {spec.file} not found: give a .jsonl or .txt file; {ROOT_NOTE}")
+            what = "is a folder, not a file" if Path(spec.file).is_dir() else "not found"
+            out.append(f"recommend.targets.{name}.file: {spec.file} {what}: give a .jsonl or .txt file; {ROOT_NOTE}")
         for domain in (spec.domains or {}) if known is not None else ():
             if domain not in known:
                 out.append(f"recommend.targets.{name}.domains: unknown domain {domain!r}: neither a domain of the corpus "

@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -189,23 +190,43 @@ class Launch:
                 log.error("%s failed (%s%s); its log: %s%s", job.name, how, f"; {note}" if note else "", rel, error_lines(Path(job.log)))
 
 
+ERROR_LINE = re.compile(r"^(?:[\d:,.-]+ ){0,2}ERROR\b")  # a stage's "12:00:01 ERROR name: ..." or DVC's "ERROR: ..."
+TAIL_BYTES = 256 * 1024  # a job's errors are at the end of its log
+
+
 def error_lines(path: Path, most: int = 12) -> str:
-    """The errors a job's log ends with (lines with ERROR and the indented lines under them, the last
-    ``most``), each on a new line: what the user needs, without opening the log."""
-    out, under = [], False
+    """The errors a job's log ends with, each on a new line: what the user needs, without opening
+    the log. An error is an ERROR line with the indented lines under it (a params error lists its
+    keys so), or the last line of a traceback (the exception); the last ``most`` lines of them, each
+    error's first line kept. Only the end of the log is read."""
     try:
-        text = path.read_text(errors="replace")
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - TAIL_BYTES))
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
+    groups: list[list[str]] = []
+    current, in_traceback = None, False
     for line in text.splitlines():
-        if line.startswith("ERROR") or " ERROR " in line:
-            out.append(line)
-            under = True
-        elif under and line.startswith((" ", "\t")) and line.strip():
-            out.append(line)
-        else:
-            under = False
-    return "".join(f"\n  | {line}" for line in out[-most:])
+        if ERROR_LINE.match(line):
+            current, in_traceback = [line], False
+            groups.append(current)
+        elif line.startswith("Traceback (most recent call last)"):
+            current, in_traceback = None, True
+        elif in_traceback and line.strip() and not line[0].isspace():
+            groups.append([line])  # the exception that ended the traceback
+            current, in_traceback = None, False
+        elif current is not None and line[:1] in (" ", "\t") and line.strip():
+            current.append(line)
+        elif not in_traceback:
+            current = None
+    out: list[str] = []
+    for group in reversed(groups):
+        room = most - len(out)
+        if room <= 0:
+            break
+        out = group[:room] + out
+    return "".join(f"\n  | {line}" for line in out)
 
 
 def submit(engine: Engine, job: Job) -> None:

@@ -81,8 +81,9 @@ def train_tokenizer(texts, vocab_size: int):
 
 def seed_tokenizer(path: str | Path):
     if not Path(path).is_dir():
-        raise StageError(f"base.pretrained_path: {path} does not exist; give a Hugging Face model folder (a relative path "
-                         f"is relative to the repository root, where DVC runs the stages)")
+        what = "is a file, not a model folder (a GGUF? `python -m pipeline.convert gguf FILE --out DIR`)" if Path(path).is_file() \
+            else "does not exist (a relative path is relative to the folder the stage runs in: under DVC, the repository root)"
+        raise StageError(f"base.pretrained_path: {path} {what}; give a Hugging Face model folder")
     tok = load_tokenizer(path)
     if not getattr(tok, "is_fast", False):
         raise StageError(f"{path}: the tokenizer has no fast (tokenizers library) version, which bits-per-byte needs for "

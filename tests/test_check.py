@@ -29,7 +29,11 @@ def test_a_pretrained_seed_folder_that_is_not_there(tmp_path, monkeypatch, caplo
     params["base"].update(init="pretrained", pretrained_path="../my-model")
     rc, written = _run(tmp_path, monkeypatch, params)
     assert rc == 2 and written == ""
-    assert "base.pretrained_path: ../my-model does not exist" in caplog.text and "relative to the repository root" in caplog.text
+    assert "base.pretrained_path: ../my-model does not exist" in caplog.text and "under DVC, the repository root" in caplog.text
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    params["base"]["pretrained_path"] = "model.gguf"
+    caplog.clear()
+    assert _run(tmp_path, monkeypatch, params)[0] == 2 and "model.gguf is a file, not a model folder (a GGUF?" in caplog.text
     (tmp_path / "seed").mkdir()
     params["base"]["pretrained_path"] = "seed"
     caplog.clear()
@@ -44,6 +48,9 @@ def test_a_target_file_that_is_not_there(tmp_path, monkeypatch, caplog):
     rc, written = _run(tmp_path, monkeypatch, params)
     assert rc == 2 and written == ""
     assert "recommend.targets.mine.file: my_text.jsonl not found" in caplog.text
+    (tmp_path / "my_text.jsonl").mkdir()
+    caplog.clear()
+    assert _run(tmp_path, monkeypatch, params)[0] == 2 and "my_text.jsonl is a folder, not a file" in caplog.text
 
 
 def test_a_misspelt_target_domain(tmp_path, monkeypatch, caplog):

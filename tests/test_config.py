@@ -181,3 +181,11 @@ def test_a_check_across_sections_is_under_the_key_it_names(tmp_path, tiny_params
     tiny_params["mixtures"]["explicit"] = {"mine": {"shards": ["cod"]}}
     msg = _error(tmp_path, tiny_params)
     assert "\n  mixtures.explicit.mine.shards: unknown shard(s) ['cod']" in msg and "top level" not in msg and "Value error" not in msg, msg
+
+
+def test_keys_named_like_a_union_branch_keep_their_names(tmp_path, tiny_params):
+    """pydantic's branch names (``int``, ``str``...) are told apart from the file's keys by the file
+    itself: two shards named ``int`` and ``str`` are two lines, each under its own name."""
+    tiny_params["shards"].update({"int": {"domain": "code", "piece": 0, "of": 0}, "str": {"domain": "prose", "piece": 0, "of": -5}})
+    msg = _error(tmp_path, tiny_params)
+    assert "\n  shards.int.of: " in msg and "(got 0)" in msg and "\n  shards.str.of: " in msg and "(got -5)" in msg, msg

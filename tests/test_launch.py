@@ -249,6 +249,15 @@ def test_error_lines_are_the_errors_of_a_log(tmp_path):
     assert error_lines(log) == ("\n  | 2026-12-08 ERROR __main__: params.yaml: invalid parameters\n  |   train.lr: must be > 0"
                                 "\n  | ERROR: failed to reproduce 'check'")
     assert error_lines(tmp_path / "absent.log") == ""
+    crash = tmp_path / "crash.log"  # a stage that died of an exception: its last line, then DVC's
+    crash.write_text("12:00:00 INFO x: started\nTraceback (most recent call last):\n  File \"a.py\", line 1, in <module>\n"
+                     "    f()\nRuntimeError: CUDA out of memory\nERROR: failed to reproduce 'train@code'\n")
+    assert error_lines(crash) == "\n  | RuntimeError: CUDA out of memory\n  | ERROR: failed to reproduce 'train@code'"
+    many = tmp_path / "many.log"  # more keys than lines shown: the line naming the file stays
+    many.write_text("x" * 300_000 + "\n12:00:01 ERROR __main__: params.yaml: invalid parameters\n"
+                    + "".join(f"  k{i}: bad\n" for i in range(20)) + "12:00:02 INFO an ERROR word in a message\n")
+    shown = error_lines(many, most=5).splitlines()
+    assert shown[1:] == ["  | 12:00:01 ERROR __main__: params.yaml: invalid parameters"] + [f"  |   k{i}: bad" for i in range(4)]
 
 
 # ---------------------------------------------------------------- bad input: a clear error, nothing launched

@@ -66,8 +66,9 @@ def check_name(name: str, what: str) -> str:
 
 
 class StageParams(Section):
-    """The sections of params.yaml one stage reads. Other top-level keys are ignored here (the check
-    stage validates the whole file); the checks across sections run for those present."""
+    """The sections of params.yaml one stage reads. The other sections are ignored here (the check
+    stage validates the whole file; :func:`load` refuses a key that is no section); the checks across
+    sections run for those present."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -93,17 +94,30 @@ class StageParams(Section):
         return self
 
 
-# the names pydantic gives the branches of a union in an error's location ("constrained-int",
-# "literal['auto']", "function-after[...]"): not keys of the file
-_BRANCH = re.compile(r"^(constrained-)?(int|float|str|bool|bytes|none|decimal)$|^[a-z-]+\[.*\]$")
+def _file_keys(loc: tuple, raw: Any, missing: bool) -> list[str]:
+    """The keys of the file in an error's location. pydantic also puts there the branch of a union
+    that failed (``constrained-int``, ``literal['auto']``); those are dropped by walking the file's
+    own data along the location, so that a shard or target named ``int`` keeps its name. A key the
+    file lacks is kept only as the last element of a ``missing`` error."""
+    keys, node = [], raw
+    for n, p in enumerate(loc):
+        if isinstance(node, dict) and p in node:
+            keys.append(str(p))
+            node = node[p]
+        elif isinstance(node, list) and isinstance(p, int) and 0 <= p < len(node):
+            keys.append(str(p))
+            node = node[p]
+        elif missing and n == len(loc) - 1:
+            keys.append(str(p))
+    return keys
 
 
-def _format_error(path: Path, err: ValidationError) -> str:
+def _format_error(path: Path, err: ValidationError, raw: Any = None) -> str:
     """One line per key: ``key: what is wrong (got value)``; a value that no branch of a union takes
     (``int >= 1 | "auto"``) is one line joining what each branch wanted."""
     keyed: dict[str, tuple[list[str], str]] = {}
     for e in err.errors():
-        loc = [str(p) for p in e["loc"] if not (isinstance(p, str) and _BRANCH.match(p))]
+        loc = _file_keys(e["loc"], raw, e["type"] == "missing") if raw is not None else [str(p) for p in e["loc"]]
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see params.yaml in the repository for the known keys)"
@@ -164,10 +178,11 @@ def load(path: str | Path, model: type[M]) -> M:
         lines = [f"{path}: invalid parameters"]
         for k in unknown:
             near = difflib.get_close_matches(str(k), sorted(SECTIONS), n=1)
-            lines.append(f"  {k}: unknown top-level key" + (f" (did you mean {near[0]!r}?)" if near else "")
+            read_as = " (YAML reads an unquoted on/off/yes/no/null as a value: quote the key)" if isinstance(k, (bool, type(None))) else ""
+            lines.append(f"  {k if isinstance(k, str) else repr(k)}: unknown top-level key{read_as}" + (f" (did you mean {near[0]!r}?)" if near else "")
                          + f"; the sections are {', '.join(sorted(SECTIONS))}")
         raise ConfigError("\n".join(lines))
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(path, e)) from None
+        raise ConfigError(_format_error(path, e, raw)) from None
