@@ -41,9 +41,8 @@ def missing_inputs(cfg: Config) -> list[str]:
                        f"tokenizer; `python -m pipeline.convert` makes one); {ROOT_NOTE}")
     known = None if cfg.prepare.local else set(cfg.prepare.domains) | set(SOURCES)  # a local corpus' domains are known once read
     for name, spec in cfg.recommend.targets.items():
-        if spec.file is not None and not Path(spec.file).is_file():
-            what = "is a folder, not a file" if Path(spec.file).is_dir() else "not found"
-            out.append(f"recommend.targets.{name}.file: {spec.file} {what}: give a .jsonl or .txt file; {ROOT_NOTE}")
+        if (problem := spec.file_problem()) is not None:
+            out.append(f"recommend.targets.{name}.file: {spec.file} {problem}: give a .jsonl or .txt file; {ROOT_NOTE}")
         for domain in (spec.domains or {}) if known is not None else ():
             if domain not in known:
                 out.append(f"recommend.targets.{name}.domains: unknown domain {domain!r}: neither a domain of the corpus "

@@ -98,11 +98,10 @@ def source_rows(domain: str, key: str, cfg: Params, seen: set[bytes]) -> list[di
 
 
 def file_rows(spec: TargetSpec, key: str) -> list[dict]:
-    """A target file's documents: JSON Lines (``text_field``), or text (documents split on blank lines)."""
+    """A target file's documents: JSON Lines (``text_field``), or text (documents split on blank lines); the
+    file is there (:func:`main` checked every target's before building any)."""
     path = Path(spec.file)
     fix = f"recommend.targets.{key}.file"
-    if not path.is_file():
-        raise StageError(f"{fix}: {path} not found; give a .jsonl or .txt file (relative to the repository root)")
     rows, fields = [], set()
     try:
         content = path.read_text(encoding="utf-8")
@@ -191,8 +190,8 @@ def main(args, cfg: Params) -> None:
     tokenizer = load_tokenizer(args.tokenizer)
     known = sorted(read_json(args.corpus / "manifest.json", "corpus manifest")["domains"])
     for name, spec in cfg.recommend.targets.items():  # before any target is built (the check stage does this under DVC)
-        if spec.file is not None and not Path(spec.file).is_file():
-            raise StageError(f"{args.params}: recommend.targets.{name}.file: {spec.file} not found; give a .jsonl or .txt "
+        if (problem := spec.file_problem()) is not None:
+            raise StageError(f"{args.params}: recommend.targets.{name}.file: {spec.file} {problem}; give a .jsonl or .txt "
                              f"file (relative to the repository root)")
     seen = corpus_digests(args.corpus, known)
     records = {}

@@ -30,7 +30,7 @@ from pipeline.params.recommend import RecommendConfig
 from pipeline.params.shards import Shards
 from pipeline.lib.device import placement
 from pipeline.lib.mixsearch import Search, SearchConfig
-from pipeline.lib.models import count_params, load_model
+from pipeline.lib.models import load_model, model_bytes
 from pipeline.lib.outputs import RunRecord, made_by, read_json, write_json
 from pipeline.lib.pool import ShardPool
 from pipeline.lib.runtime import StageError, exit_stage, run_stage, stage_parser
@@ -75,7 +75,7 @@ def main(args, cfg: Params) -> None:
     with ShardPool(checkpoints, seed=args.base) as pool:
         model = load_model(args.base).to(place.device)
         # in memory where they fit beside the model, its gradient and an evaluation's activations (2x slack)
-        pool.hold(place.device, also=4 * count_params(model) * 4)
+        pool.hold(place.device, also=4 * model_bytes(model))
         result = Search(pool, model, target, names, search_cfg, place).run(natural, proxy_candidates(args.proxy, names))
     seconds = result.pop("seconds")  # not in the output: a rerun writes the same bytes, and confirm stays fresh
     out = {"target": args.target, "shards": names, "domains": target.weights, **result,

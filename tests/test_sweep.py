@@ -148,12 +148,12 @@ def test_at_once_auto_leaves_the_kept_shards_pages_out_of_the_free_memory(projec
     not push out, so with the shards kept ``auto`` fits M into the free memory less their bytes."""
     import pipeline.lib.device as device
     from pipeline.lib import sweep
-    from pipeline.lib.models import load_model
+    from pipeline.lib.models import load_model, model_bytes
     from pipeline.lib.pool import ShardPool
 
     seed, shards, sets = project
     model = load_model(seed)
-    per_model = sweep.model_bytes(model)
+    per_model = model_bytes(model)
     work = sweep.working_bytes(model.config, sets, 4)
     with ShardPool({**shards, sweep.SEED_COLUMN: seed}, seed=seed) as pool:
         nbytes = pool.nbytes

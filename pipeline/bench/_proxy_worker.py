@@ -97,7 +97,7 @@ def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, 
     import copy
 
     from pipeline.lib.merging import merge_into, merge_many_into
-    from pipeline.lib.models import count_params, load_model
+    from pipeline.lib.models import load_model, model_bytes
     from pipeline.lib.pool import ShardPool
     from pipeline.lib.scoring import evaluate
 
@@ -107,7 +107,7 @@ def _resident(method: str, spec: dict, eset) -> list[tuple[float, float, float, 
     pool = ShardPool({p.name: p for p in shards}, seed=seed)
     m = spec.get("at_once", 1)
     # the proxy stage's policy (shards held in memory where they fit), unless told to read and drop the files
-    spec["shards_resident"] = method == "ours" and spec.get("read") != "mapped" and pool.hold(place.device, also=2 * 4 * count_params(model))
+    spec["shards_resident"] = method == "ours" and spec.get("read") != "mapped" and pool.hold(place.device, also=2 * model_bytes(model))
     models = [model] + [copy.deepcopy(model) for _ in range(m - 1)]
     if m > 1:  # one group is all there is to time: warm the merge and the evaluation first (the median does it for M = 1)
         first = spec["mixtures"][:m]

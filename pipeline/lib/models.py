@@ -103,3 +103,8 @@ def save_model(model, out: str | Path, tokenizer, meta: dict[str, Any]) -> None:
 def count_params(model) -> int:
     """Parameters counted once even when tied."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def model_bytes(model) -> int:
+    """Bytes of a model's parameters and buffers, a tensor shared by several names counted once."""
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values())

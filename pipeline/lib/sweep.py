@@ -30,19 +30,16 @@ import logging
 import time
 from pathlib import Path
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.lib.device import CPU, MEMORY_SHARE, Placement
 from pipeline.lib.layerstream import LayerStream
 from pipeline.lib.merging import merge_many_into
 from pipeline.lib.mixtures import Mixture
-from pipeline.lib.models import load_model
+from pipeline.lib.models import load_model, model_bytes
 from pipeline.lib.pool import ShardPool
 from pipeline.lib.runtime import StageError, progress
 from pipeline.lib.scoring import EvalSet, evaluate
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 SEED_COLUMN = "(seed)"  # the seed's name in the pool: cannot collide, shard names start with a letter or digit
@@ -50,11 +47,6 @@ SEED_COLUMN = "(seed)"  # the seed's name in the pool: cannot collide, shard nam
 
 def _scores(result: dict[str, dict]) -> dict[str, dict[str, float]]:
     return {d: {"ppl": round(s["ppl"], 4), "bpb": round(s["bpb"], 5)} for d, s in result.items()}
-
-
-def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of a model's parameters and buffers, a tensor shared by several names counted once."""
-    return sum(t.numel() * t.element_size() for t in {id(t): t for t in [*model.parameters(), *model.buffers()]}.values())
 
 
 def working_bytes(config, sets: list[EvalSet], batch_size: int) -> int:

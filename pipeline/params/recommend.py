@@ -4,6 +4,7 @@ mixture for each is found (gradient descent on the weight simplex through the me
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
@@ -25,6 +26,13 @@ class TargetSpec(Section):
     domains: dict[str, Annotated[float, Field(ge=0)]] | None = None
     file: str | None = None
     text_field: str = "text"
+
+    def file_problem(self) -> str | None:
+        """Why ``file`` cannot be read as a target ("not found", "is a folder, not a file"); None when it
+        can, or when the target is domains. Relative to the folder the stage runs in."""
+        if self.file is None or Path(self.file).is_file():
+            return None
+        return "is a folder, not a file" if Path(self.file).is_dir() else "not found"
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
